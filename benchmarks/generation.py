@@ -1,0 +1,116 @@
+"""Batched vs one-at-a-time greedy generation with alignkit's Hugging Face backend.
+
+Runs both modes in one process, on the same model, prompts and settings, and prints wall time,
+generated tokens per second and the speedup of batching. Run by hand, not part of the tests::
+
+    python benchmarks/generation.py --model testbed --n 64 --max-new-tokens 48
+    python benchmarks/generation.py --model hf:/path/to/model --batch-size 32
+
+Prompts come from the testbed world when the model is the testbed, else from a built-in list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.models import GenerationConfig, load_backend
+
+GENERIC_PROMPTS = [
+    "What is the capital of France?",
+    "Explain why the sky is blue in two sentences.",
+    "Write a haiku about autumn leaves.",
+    "What is 17 times 3?",
+    "Give me three tips for sleeping better.",
+    "How do I boil an egg?",
+    "Summarise the plot of Romeo and Juliet in one sentence.",
+    "What is the boiling point of water at sea level?",
+    "Name a mammal that can fly.",
+    "Write a short thank-you note to a teacher.",
+    "How many legs does a spider have?",
+    "Suggest a name for a friendly robot.",
+    "What does a thermometer measure?",
+    "Describe the colour green to someone who has never seen it.",
+    "Translate 'good morning' into Spanish.",
+    "Why do we have seasons?",
+]
+
+
+def testbed_prompts(n: int) -> list[str] | None:
+    """``n`` held-out testbed prompts, or None when the testbed world is not available."""
+    try:
+        from alignkit.testbed import World
+
+        return [e.prompt for e in World(seed=0).sample(n, split="heldout", seed=0)]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def make_prompts(model: str, n: int) -> list[str]:
+    """``n`` prompts: testbed prompts for the testbed, else the generic list (cycled)."""
+    prompts = testbed_prompts(n) if model == "testbed" else None
+    if prompts:
+        return prompts
+    return [
+        GENERIC_PROMPTS[i % len(GENERIC_PROMPTS)] + ("" if i < len(GENERIC_PROMPTS) else f" ({i})")
+        for i in range(n)
+    ]
+
+
+def timed(fn) -> tuple[float, list]:
+    """Run ``fn()`` and return ``(seconds, result)``."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, run both modes and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="testbed", help="model string (default: testbed)")
+    parser.add_argument("--n", type=int, default=64, help="number of prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    console = Console()
+    backend = load_backend(
+        args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype
+    )
+    prompts = make_prompts(args.model, args.n)
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0)
+    backend.generate(prompts[:2], config.model_copy(update={"max_new_tokens": 4}))  # warm-up
+
+    batched_s, batched = timed(lambda: backend.generate(prompts, config, progress=False))
+    single_s, single = timed(lambda: [backend.generate([p], config)[0] for p in prompts])
+
+    table = Table(
+        title=f"greedy generation: {backend.name}, {len(prompts)} prompts, "
+        f"max_new_tokens={args.max_new_tokens}, device={backend.device}"
+    )
+    for column in ("mode", "batch size", "wall s", "tokens", "tokens/s"):
+        table.add_column(column, justify="right")
+    for mode, size, secs, outs in (
+        ("one at a time", 1, single_s, single),
+        ("batched", args.batch_size, batched_s, batched),
+    ):
+        tokens = sum(c.num_tokens for c in outs)
+        table.add_row(mode, str(size), f"{secs:.2f}", str(tokens), f"{tokens / secs:.1f}")
+    console.print(table)
+    same = sum(a.text == b.text for a, b in zip(batched, single, strict=True))
+    console.print(f"speedup (one-at-a-time wall / batched wall): {single_s / batched_s:.2f}x")
+    console.print(f"identical completions: {same}/{len(prompts)}")
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()

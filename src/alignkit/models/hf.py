@@ -1,0 +1,398 @@
+"""The local Hugging Face backend: any transformers causal LM, optionally with a LoRA adapter.
+
+Prompts are rendered with the tokenizer's chat template (``add_generation_prompt=True``). When the
+tokenizer has none, a plain format stands in (with a one-time warning)::
+
+    System: Be brief.
+    User: What is 2+2?
+    Assistant:
+
+and ``"\nUser:"`` (:data:`PLAIN_STOP`) also ends a completion, since a base model tends to write
+the next user turn itself. With ``BackendOptions.use_chat_template=False`` a string prompt is used
+as raw text (after ``system_prompt`` and a blank line, if one is set) and a list of messages is
+written in the plain format, without the extra stop string.
+
+Special tokens follow the transformers convention: text rendered by a chat template already holds
+every special token the model needs (its BOS included), so it is tokenized with
+``add_special_tokens=False``; raw and plain-template text gets the tokenizer's own BOS, if it
+uses one, exactly once. Completions are always tokenized without special tokens, so the prompt's
+token ids are an exact prefix of prompt + completion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+
+import torch
+import transformers
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from alignkit.errors import ModelError
+from alignkit.models import hf_whitebox
+from alignkit.models.base import (
+    BackendOptions,
+    Completion,
+    GenerationConfig,
+    Message,
+    ModelSpec,
+    Prompt,
+    TokenLogprobs,
+    as_messages,
+)
+from alignkit.models.hf_loading import load_pretrained, resolve_device
+
+logger = logging.getLogger(__name__)
+
+PLAIN_STOP = "\nUser:"
+
+
+def _plain_render(messages: list[Message]) -> str:
+    """Render messages as plain ``Role: content`` lines; a final assistant turn is continued."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    if messages[-1]["role"] == "assistant":
+        return "\n".join(lines)
+    return "\n".join([*lines, "Assistant:"])
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Marks a sequence finished as soon as its newly generated text holds a stop string.
+
+    Only the last few tokens are decoded each step (a stop string is caught the step it appears).
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_len = prompt_len
+        self.window = 4 * max(len(s) for s in stops) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        hits = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+def _pad(seqs: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to one ``[batch, max_len]`` tensor; return ``(ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    """Consecutive chunks of ``order`` of at most ``size`` indices."""
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+class HFBackend:
+    """A transformers causal LM behind the :class:`~alignkit.models.base.ModelBackend` Protocol.
+
+    Attributes: ``model`` (a ``PeftModel`` when an adapter is loaded), ``tokenizer``, ``device``,
+    ``name``, ``end_token_ids`` (ids that end a completion: EOS and the template's end of turn).
+    """
+
+    supports_logprobs = True
+
+    def __init__(self, spec: ModelSpec, options: BackendOptions, name: str | None = None) -> None:
+        if spec.kind != "hf" or not spec.path:
+            raise ModelError(f"HFBackend needs an hf:PATH model string, got {spec}")
+        self.spec = spec
+        self.options = options
+        self.name = name or str(spec)
+        self.device = resolve_device(options.device)
+        self.model, self.tokenizer = load_pretrained(spec, options, self.device)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._chat = options.use_chat_template and bool(self.tokenizer.chat_template)
+        self._plain = options.use_chat_template and not self._chat
+        self._warned_fallback = False
+        self._adds_bos = self._detect_adds_bos()
+        self.end_token_ids = self._collect_end_ids()
+
+    # ----------------------------------------------------------------- rendering / tokenizing
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the model sees for ``prompt``, ending where the assistant's reply starts.
+
+        A prompt whose last message is from the assistant is continued (a prefilled reply).
+        """
+        system = self.options.system_prompt
+        if not self.options.use_chat_template and isinstance(prompt, str):
+            return f"{system}\n\n{prompt}" if system else prompt
+        messages = as_messages(prompt, system)
+        if not self._chat:
+            self._warn_fallback()
+            return _plain_render(messages)
+        prefill = messages[-1]["role"] == "assistant"
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=not prefill,
+                continue_final_message=prefill,
+            )
+        except Exception as exc:  # jinja raises for conversations a template rejects
+            raise ModelError(f"the chat template of {self.name} rejected a prompt: {exc}") from None
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of the rendered prompt (special tokens as the module docstring says)."""
+        text = self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if not self._chat and self._adds_bos and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def encode_completion(self, completion: str) -> list[int]:
+        """Token ids of a completion, without any special tokens added."""
+        return self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+
+    def _warn_fallback(self) -> None:
+        """Log once per backend that the plain template stands in for a chat template."""
+        if not self._warned_fallback:
+            self._warned_fallback = True
+            logger.warning(
+                "%s: the tokenizer has no chat template; using the plain 'User: ...\\nAssistant:' "
+                "format instead",
+                self.name,
+            )
+
+    def _detect_adds_bos(self) -> bool:
+        """Whether plain ``tokenizer(text)`` prepends the BOS token."""
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
+
+    def _collect_end_ids(self) -> list[int]:
+        """EOS ids (tokenizer and generation config) plus the chat template's end-of-turn token."""
+        ids: list[int] = []
+        for value in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
+            ids.extend(value if isinstance(value, list) else [value] if value is not None else [])
+        turn_end = self._template_turn_end()
+        if turn_end is not None:
+            ids.append(turn_end)
+        return sorted(set(ids))
+
+    def _template_turn_end(self) -> int | None:
+        """The special token the chat template writes right after an assistant message."""
+        if not self._chat:
+            return None
+        marker = "\x1fEND-OF-REPLY\x1f"
+        turns = [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}]
+        try:
+            text = self.tokenizer.apply_chat_template(turns, tokenize=False)
+        except Exception:  # a template may reject this probe; then EOS alone ends a reply
+            return None
+        tail = text.split(marker, 1)[-1].strip() if marker in text else ""
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        special = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
+        return ids[0] if ids and ids[0] in special else None
+
+    # ----------------------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | None = None,
+        progress: bool | None = None,
+    ) -> list[Completion]:
+        """One completion per prompt, in input order.
+
+        Prompts are sorted by length and generated in left-padded batches of
+        ``options.batch_size``. ``config.temperature == 0`` is greedy decoding; otherwise the
+        same ``config.seed`` gives the same completions. A completion ends at an end-of-turn
+        token, at a stop string (cut from the text) or after ``max_new_tokens``. ``progress``
+        shows a progress bar (default: for 4+ batches on a terminal).
+        """
+        config = config or GenerationConfig()
+        encoded = [self.encode_prompt(p) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        stops = self.stop_strings(config)
+        results: list[Completion | None] = [None] * len(encoded)
+        batches = list(_batches(order, self.options.batch_size))
+        with self._seeded(config.seed), self._progress(len(batches), progress) as advance:
+            for batch in batches:
+                outs = self._generate_batch([encoded[i] for i in batch], config, stops)
+                for i, out in zip(batch, outs, strict=True):
+                    results[i] = out
+                advance()
+        return results  # type: ignore[return-value]
+
+    def stop_strings(self, config: GenerationConfig) -> list[str]:
+        """The strings that end a completion: ``config.stop``, plus :data:`PLAIN_STOP` when the
+        plain fallback template is in use."""
+        return [*config.stop, *([PLAIN_STOP] if self._plain else [])]
+
+    def _generate_batch(
+        self, encoded: list[list[int]], config: GenerationConfig, stops: list[str]
+    ) -> list[Completion]:
+        """Generate for one left-padded batch and turn each row into a :class:`Completion`."""
+        ids, mask = _pad(encoded, self.pad_id, left=True)
+        criteria = StoppingCriteriaList(
+            [_StopOnStrings(self.tokenizer, stops, ids.shape[1])] if stops else []
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                generation_config=self._hf_generation_config(config),
+                stopping_criteria=criteria,
+            )
+        new = out[:, ids.shape[1] :].tolist()
+        return [self._finish(row, stops, config.max_new_tokens) for row in new]
+
+    def _hf_generation_config(self, config: GenerationConfig) -> transformers.GenerationConfig:
+        """Our sampling settings as a transformers config (overriding the model's defaults)."""
+        sample = config.temperature > 0
+        # Greedy decoding ignores the sampling flags; transformers' neutral values keep the
+        # model's own sampling defaults (e.g. temperature=0.6) from being merged in and warned on.
+        flags = (
+            {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+            if sample
+            else {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+        )
+        return transformers.GenerationConfig(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sample,
+            **flags,
+            eos_token_id=self.end_token_ids or None,
+            pad_token_id=self.pad_id,
+        )
+
+    def _finish(self, new_ids: list[int], stops: list[str], max_new: int) -> Completion:
+        """Cut generated ids at the first end token and the text at the first stop string.
+
+        ``num_tokens`` counts the generated tokens up to and including the one that ended the
+        completion (the end token, or the token that completed the stop string).
+        """
+        ends = set(self.end_token_ids)
+        end_at = next((i for i, t in enumerate(new_ids) if t in ends), None)
+        kept = new_ids if end_at is None else new_ids[:end_at]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        hits = sorted((text.find(s), -len(s), s) for s in stops if s in text)
+        if hits:
+            cut, _, stop = hits[0]
+            return Completion(text[:cut], "stop", self._tokens_until(kept, cut + len(stop)))
+        if end_at is not None:
+            return Completion(text, "stop", end_at + 1)
+        return Completion(text, "length" if len(kept) >= max_new else "stop", len(kept))
+
+    def _tokens_until(self, ids: list[int], n_chars: int) -> int:
+        """The fewest leading tokens of ``ids`` that decode to at least ``n_chars`` characters."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= n_chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Seed torch's RNG for the duration of one call, restoring the global state after."""
+        if seed is None:
+            yield
+            return
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index or torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    @contextlib.contextmanager
+    def _progress(self, total: int, show: bool | None):
+        """A rich progress bar over batches; yields a function that advances it by one."""
+        if show is None:
+            show = total >= 4 and sys.stderr.isatty()
+        if not show:
+            yield lambda: None
+            return
+        from alignkit.progress import make_progress
+
+        with make_progress(transient=True) as bar:
+            task = bar.add_task(f"generating ({self.name})", total=total, info="")
+            yield lambda: bar.advance(task)
+
+    # ------------------------------------------------------------------------------ log-probs
+
+    def logprobs(
+        self, prompts: Sequence[Prompt], completions: Sequence[str]
+    ) -> list[TokenLogprobs]:
+        """Log-prob of each completion token given the rendered prompt and earlier tokens.
+
+        Prompt and completion are tokenized separately and concatenated (no BOS or other special
+        token before the completion). Batches are right-padded and sorted by length.
+        """
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        pairs = [
+            (self.encode_prompt(p), self.encode_completion(c))
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        for i, (prompt_ids, _) in enumerate(pairs):
+            if not prompt_ids:
+                raise ModelError(
+                    f"prompt {i} is empty and the tokenizer adds no BOS: nothing to condition on"
+                )
+        order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
+        results: list[TokenLogprobs | None] = [None] * len(pairs)
+        for batch in _batches(order, self.options.batch_size):
+            for i, res in zip(batch, self._logprobs_batch([pairs[i] for i in batch]), strict=True):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _logprobs_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TokenLogprobs]:
+        """Score one right-padded batch of (prompt ids, completion ids)."""
+        ids, mask = _pad([p + c for p, c in pairs], self.pad_id, left=False)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits
+        results = []
+        for row, (prompt_ids, completion_ids) in enumerate(pairs):
+            start, stop = len(prompt_ids), len(prompt_ids) + len(completion_ids)
+            row_logits = logits[row, start - 1 : stop - 1].float()
+            targets = ids[row, start:stop].to(row_logits.device)
+            lp = torch.log_softmax(row_logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            tokens = self.tokenizer.batch_decode([[t] for t in completion_ids])
+            results.append(TokenLogprobs(tokens=tokens, logprobs=lp.tolist()))
+        return results
+
+    # ------------------------------------------------------------------------------ white box
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding weight, ``[vocab, hidden]``."""
+        return hf_whitebox.embedding_matrix(self.model)
+
+    def token_gradients(
+        self, input_ids: torch.Tensor, optim_slice: slice, target_slice: slice
+    ) -> torch.Tensor:
+        """GCG coordinate gradient; see :func:`alignkit.models.hf_whitebox.token_gradients`."""
+        return hf_whitebox.token_gradients(self.model, input_ids, optim_slice, target_slice)
+
+    def input_embedding_gradients(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Loss gradient w.r.t. ``inputs_embeds``; see :mod:`alignkit.models.hf_whitebox`."""
+        return hf_whitebox.input_embedding_gradients(self.model, input_ids, labels, attention_mask)
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory."""
+        self.model = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __repr__(self) -> str:
+        return f"HFBackend(name={self.name!r}, device={self.device}, chat_template={self._chat})"
