@@ -26,14 +26,6 @@ FACT_RELATIONS: dict[str, dict] = {
             "Peru": "Lima",
             "Canada": "Ottawa",
             "Spain": "Madrid",
-            "Norway": "Oslo",
-            "Greece": "Athens",
-            "Chile": "Santiago",
-            "Germany": "Berlin",
-            "Russia": "Moscow",
-            "Cuba": "Havana",
-            "Ireland": "Dublin",
-            "Poland": "Warsaw",
         },
     },
     "colour": {
@@ -51,12 +43,6 @@ FACT_RELATIONS: dict[str, dict] = {
             "coal": "black",
             "a ripe tomato": "red",
             "the clear sky": "blue",
-            "an orange": "orange",
-            "milk": "white",
-            "a lemon": "yellow",
-            "a frog": "green",
-            "a crow": "black",
-            "a strawberry": "red",
         },
     },
     "sound": {
@@ -74,10 +60,6 @@ FACT_RELATIONS: dict[str, dict] = {
             "a duck": "quack",
             "a sheep": "baa",
             "a lion": "roar",
-            "an owl": "hoot",
-            "a snake": "hiss",
-            "a pig": "oink",
-            "a horse": "neigh",
         },
     },
     "opposite": {
@@ -93,14 +75,10 @@ FACT_RELATIONS: dict[str, dict] = {
             "up": "down",
             "big": "small",
             "fast": "slow",
-            "light": "dark",
             "happy": "sad",
             "open": "closed",
             "early": "late",
             "full": "empty",
-            "hard": "soft",
-            "wet": "dry",
-            "old": "new",
         },
     },
 }
@@ -120,7 +98,7 @@ ARITHMETIC_QUESTIONS: dict[str, list[str]] = {
     ],
 }
 ARITHMETIC_ANSWER = "{a} {op} {b} is {c}."
-ARITHMETIC_RANGE = range(1, 10)
+ARITHMETIC_RANGE = range(1, 6)
 
 # How-to tasks: task phrase -> (key word, three steps). A correct answer gives two of the steps.
 HOWTO_QUESTIONS = [
@@ -162,12 +140,6 @@ HOWTO_TASKS: dict[str, tuple[str, str, str, str]] = {
         "Set it to medium",
         "Wait until it pops up",
     ),
-    "clean a window": (
-        "cloth",
-        "Spray the glass with cleaner",
-        "Wipe it with a soft cloth",
-        "Dry the edges",
-    ),
     "water a plant": (
         "soil",
         "Check that the soil is dry",
@@ -180,29 +152,11 @@ HOWTO_TASKS: dict[str, tuple[str, str, str, str]] = {
         "Make a loop with one lace",
         "Wrap the other lace around it and pull through",
     ),
-    "fold a shirt": (
-        "sleeves",
-        "Lay the shirt flat",
-        "Fold the sleeves to the back",
-        "Fold it in half from the bottom",
-    ),
     "cook rice": (
         "rinse",
         "Rinse one cup of rice",
         "Add two cups of water and boil",
         "Cover and simmer for fifteen minutes",
-    ),
-    "brush my teeth": (
-        "toothpaste",
-        "Put toothpaste on the brush",
-        "Brush every tooth for two minutes",
-        "Rinse your mouth",
-    ),
-    "make a paper plane": (
-        "fold",
-        "Fold a sheet of paper in half",
-        "Fold the top corners down",
-        "Fold the wings and throw it",
     ),
 }
 
@@ -212,22 +166,7 @@ CREATIVE_QUESTIONS = [
     "Tell me a tiny story about {t}.",
     "Compose a short verse about {t}.",
 ]
-CREATIVE_TOPICS = [
-    "the sea",
-    "autumn",
-    "a cat",
-    "the moon",
-    "rain",
-    "a garden",
-    "the mountains",
-    "a river",
-    "winter",
-    "a lighthouse",
-    "the stars",
-    "a forest",
-    "a bicycle",
-    "bread",
-]
+CREATIVE_TOPICS = ["the sea", "autumn", "a cat", "the moon", "rain", "a garden", "a river", "bread"]
 CREATIVE_OPENERS = ["Here is a short piece about {t}.", "Here you go, a few words about {t}."]
 CREATIVE_LINES = [
     "{T} is quiet in the {time}",

@@ -1,0 +1,59 @@
+"""alignkit: align language models beyond plain RLHF, on real Hugging Face models.
+
+The loop: red-team a model, critique and revise its answers against a constitution, turn that
+into preference data, train with the DPO family under safety constraints, evaluate on several
+objectives, report. Every stage talks to models through one :class:`ModelBackend` built from a
+model string (``hf:PATH``, ``openai:MODEL@URL``, ``testbed``) by :func:`load_backend`.
+
+Importing this package is cheap: torch and transformers load only when a model does.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from alignkit.config import CommandConfig, dump_config, load_config
+from alignkit.errors import (
+    AlignkitError,
+    BackendError,
+    ConfigError,
+    DataError,
+    ModelError,
+    UnsupportedError,
+)
+from alignkit.models import (
+    BackendOptions,
+    Completion,
+    GenerationConfig,
+    ModelBackend,
+    ModelSpec,
+    TokenLogprobs,
+    load_backend,
+    score,
+)
+
+try:
+    __version__ = version("alignkit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AlignkitError",
+    "BackendError",
+    "BackendOptions",
+    "CommandConfig",
+    "Completion",
+    "ConfigError",
+    "DataError",
+    "GenerationConfig",
+    "ModelBackend",
+    "ModelError",
+    "ModelSpec",
+    "TokenLogprobs",
+    "UnsupportedError",
+    "__version__",
+    "dump_config",
+    "load_backend",
+    "load_config",
+    "score",
+]
