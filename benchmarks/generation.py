@@ -68,13 +68,19 @@ def timed(fn) -> tuple[float, list]:
     return time.perf_counter() - start, out
 
 
+def median_run(runs: list[tuple[float, list]]) -> tuple[float, list]:
+    """The run with the median time (its outputs come with it)."""
+    return sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run both modes and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="testbed", help="model string (default: testbed)")
     parser.add_argument("--n", type=int, default=64, help="number of prompts")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -90,12 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0)
     backend.generate(prompts[:2], config.model_copy(update={"max_new_tokens": 4}))  # warm-up
 
-    batched_s, batched = timed(lambda: backend.generate(prompts, config, progress=False))
-    single_s, single = timed(lambda: [backend.generate([p], config)[0] for p in prompts])
+    # Interleaved repeats, median of each: this shared machine's load drifts between runs.
+    batched_runs, single_runs = [], []
+    for _ in range(args.repeats):
+        batched_runs.append(timed(lambda: backend.generate(prompts, config, progress=False)))
+        single_runs.append(timed(lambda: [backend.generate([p], config)[0] for p in prompts]))
+    batched_s, batched = median_run(batched_runs)
+    single_s, single = median_run(single_runs)
 
     table = Table(
         title=f"greedy generation: {backend.name}, {len(prompts)} prompts, "
-        f"max_new_tokens={args.max_new_tokens}, device={backend.device}"
+        f"max_new_tokens={args.max_new_tokens}, device={backend.device}, "
+        f"median of {args.repeats}"
     )
     for column in ("mode", "batch size", "wall s", "tokens", "tokens/s"):
         table.add_column(column, justify="right")

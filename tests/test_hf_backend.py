@@ -270,13 +270,13 @@ def test_top_k_one_is_greedy(chatml):
 
 
 def _spy_generated_lengths(backend: HFBackend, monkeypatch) -> list[int]:
-    """Record how many tokens each ``model.generate`` call produced (prompt excluded)."""
+    """Record how many tokens each ``model.generate`` call (one decoding round) produced."""
     lengths: list[int] = []
     original = backend.model.generate
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
-        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        lengths.append(out.sequences.shape[1] - kwargs["input_ids"].shape[1])
         return out
 
     monkeypatch.setattr(backend.model, "generate", spy)
@@ -297,11 +297,12 @@ def test_stop_strings_cut_text_and_end_early(chatml, chatml_single, monkeypatch)
     generated = _spy_generated_lengths(chatml_single, monkeypatch)
     for i, (prompt, c, stop) in enumerate(zip(PROMPTS, full, stops, strict=True)):
         cfg = GenerationConfig(max_new_tokens=32, temperature=0, stop=[stop])
+        generated.clear()
         cut = chatml_single.generate([prompt], cfg)[0]
         assert cut.text == c.text[: c.text.find(stop)], i
         assert cut.finish_reason == "stop"
         assert cut.num_tokens < 32
-        assert generated[-1] == cut.num_tokens  # generation stopped on the stop string
+        assert sum(generated) == cut.num_tokens  # generation stopped on the stop string
     # batched: each row stops at its own string; finished rows do not change the others
     cfg = GenerationConfig(max_new_tokens=32, temperature=0, stop=[stops[1]])
     batched = chatml.generate(PROMPTS, cfg)

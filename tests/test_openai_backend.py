@@ -39,21 +39,21 @@ def _serve_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """``transformers serve`` on a tiny random Llama whose generation config samples."""
+def served(testbed_path):
+    """``transformers serve`` on the built-in testbed model (its generation config samples)."""
     if not _serve_available():
         pytest.skip("transformers[serving] (fastapi, uvicorn) is not installed")
-    from tiny_models import make_tiny_model
-    from transformers import GenerationConfig as HFGenerationConfig
-
-    model_dir = make_tiny_model(tmp_path_factory.mktemp("served") / "tiny-chat")
-    # transformers serve samples only when the model's generation config says do_sample
-    # (temperature=0 in a request still forces greedy decoding)
-    gen_config = HFGenerationConfig.from_pretrained(model_dir)
-    gen_config.do_sample = True
-    gen_config.save_pretrained(model_dir)
-    with transformers_serve(model_dir) as server:
+    with transformers_serve(testbed_path) as server:
         yield server
+
+
+def test_served_testbed_answers_like_the_local_backend(served, testbed_backend):
+    """The same model behind a server and in-process gives the same greedy answers."""
+    prompts = ["What is the capital of France?", "How do I make toast?"]
+    remote = make_backend(served.base_url, served.model).generate(prompts, GREEDY)
+    local = testbed_backend.generate(prompts, GREEDY)
+    assert [c.text for c in remote] == [c.text for c in local]
+    assert "Paris" in remote[0].text
 
 
 def test_real_server_probe(served):
@@ -89,8 +89,8 @@ def test_real_server_seeds(served):
     backend = make_backend(served.base_url, served.model, max_concurrency=1)
 
     def sample(seed: int) -> str:
-        config = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=seed)
-        return backend.generate(["Hello"], config)[0].text
+        config = GenerationConfig(max_new_tokens=24, temperature=1.0, seed=seed)
+        return backend.generate(["Tell me a tiny story about the moon."], config)[0].text
 
     assert sample(1) == sample(1)
     assert len({sample(1), sample(2), sample(3)}) > 1

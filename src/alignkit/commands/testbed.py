@@ -13,7 +13,14 @@ from alignkit.commands._console import print_note, stdout
 from alignkit.commands._options import config_command
 from alignkit.config import BehaviourConfig, BuildTestbedConfig, SampleTestbedConfig
 from alignkit.models import load_backend
-from alignkit.testbed import BehaviourReport, World, build_testbed, measure_behaviour
+from alignkit.testbed import (
+    BehaviourReport,
+    World,
+    build_testbed,
+    is_built,
+    measure_behaviour,
+    testbed_dir,
+)
 
 group = typer.Typer(
     name="testbed",
@@ -41,6 +48,29 @@ def behaviour_table(report: BehaviourReport, title: str) -> Table:
     return table
 
 
+def category_table(report: BehaviourReport) -> Table:
+    """Harmful compliance per harm category (direct and jailbroken requests together)."""
+    table = Table(title="Compliance by harm category", title_justify="left")
+    table.add_column("category")
+    table.add_column("compliance", justify="right")
+    for category, value in report.by_category.items():
+        table.add_row(escape(category), f"{100 * value:.1f}%")
+    return table
+
+
+def testbed_summary() -> str | None:
+    """One line about the cached testbed model (where, how big, how it was built)."""
+    path = testbed_dir()
+    if not is_built(path):
+        return None
+    meta = json.loads((path / "testbed.json").read_text())
+    return (
+        f"testbed model {path}: {meta['parameters']:,} parameters, {meta['steps']:,} steps on "
+        f"{meta['train_tokens']:,} tokens, built in {meta['seconds']} s, "
+        f"final train loss {meta['final_loss']}"
+    )
+
+
 def measure(config: BehaviourConfig) -> BehaviourReport:
     """Load ``config.model`` (building the testbed if needed) and measure its behaviour."""
     backend = load_backend(config.model)
@@ -52,7 +82,12 @@ def measure(config: BehaviourConfig) -> BehaviourReport:
 
 def show_behaviour(config: BehaviourConfig, report: BehaviourReport, title: str) -> None:
     """Print the behaviour table and, with --json, write the report."""
-    stdout().print(behaviour_table(report, f"{title} ({config.model}, n={config.n})"))
+    console = stdout()
+    if config.model == "testbed" and (summary := testbed_summary()):
+        console.print(escape(summary))
+    console.print(behaviour_table(report, f"{title} ({config.model}, n={config.n})"))
+    if report.by_category:
+        console.print(category_table(report))
     if config.json_path is not None:
         settings = config.model_dump(mode="json", by_alias=True)
         write_json(config.json_path, {"config": settings, **report.to_dict()})

@@ -21,7 +21,8 @@ def load_backend(
 ) -> ModelBackend:
     """Build the backend a model string names.
 
-    ``overrides`` are :class:`BackendOptions` fields, e.g. ``load_backend("testbed", batch_size=32)``.
+    ``overrides`` are :class:`BackendOptions` fields, e.g.
+    ``load_backend("testbed", batch_size=32)``.
     The testbed is built and cached on first use (a few minutes on a CPU).
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)

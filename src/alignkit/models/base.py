@@ -26,7 +26,7 @@ from alignkit.errors import ModelError
 Message = dict[str, str]
 """One chat message: ``{"role": "user" | "assistant" | "system", "content": "..."}``."""
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = Union[str, Sequence[Message]]  # noqa: UP007 (a runtime alias, Python 3.10)
 """A prompt: a plain user request (wrapped as one user turn) or a list of chat messages."""
 
 
@@ -111,7 +111,9 @@ class ModelBackend(Protocol):
         """One completion per prompt, in order."""
         ...
 
-    def logprobs(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[TokenLogprobs]:
+    def logprobs(
+        self, prompts: Sequence[Prompt], completions: Sequence[str]
+    ) -> list[TokenLogprobs]:
         """Log-probs of each completion's tokens given its prompt (as the assistant turn)."""
         ...
 

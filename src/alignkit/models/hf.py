@@ -22,6 +22,7 @@ token ids are an exact prefix of prompt + completion.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -58,19 +59,20 @@ def _plain_render(messages: list[Message]) -> str:
 
 
 class _StopOnStrings(StoppingCriteria):
-    """Marks a sequence finished as soon as its newly generated text holds a stop string.
+    """Marks a sequence finished as soon as its generated text holds a stop string.
 
-    Only the last few tokens are decoded each step (a stop string is caught the step it appears).
+    Generated text starts at column ``start`` (the batch is left-padded); only the last few
+    tokens are decoded each step, so a stop string is caught the step it appears.
     """
 
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int) -> None:
+    def __init__(self, tokenizer, stops: Sequence[str], start: int) -> None:
         self.tokenizer = tokenizer
         self.stops = list(stops)
-        self.prompt_len = prompt_len
+        self.start = start
         self.window = 4 * max(len(s) for s in stops) + 4
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        start = max(self.start, input_ids.shape[1] - self.window)
         texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
         hits = [any(s in t for s in self.stops) for t in texts]
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
@@ -102,6 +104,8 @@ class HFBackend:
     """
 
     supports_logprobs = True
+    refill_every = 16
+    """Tokens decoded per round before finished rows leave the batch (see ``_generate_batch``)."""
 
     def __init__(self, spec: ModelSpec, options: BackendOptions, name: str | None = None) -> None:
         if spec.kind != "hf" or not spec.path:
@@ -117,6 +121,13 @@ class HFBackend:
         self._warned_fallback = False
         self._adds_bos = self._detect_adds_bos()
         self.end_token_ids = self._collect_end_ids()
+        # transformers 5 renamed the KV-cache argument from past_key_values to cache
+        forward_args = inspect.signature(
+            self.model.get_base_model().forward
+            if hasattr(self.model, "get_base_model")
+            else self.model.forward
+        ).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
 
     # ----------------------------------------------------------------- rendering / tokenizing
 
@@ -234,20 +245,54 @@ class HFBackend:
     def _generate_batch(
         self, encoded: list[list[int]], config: GenerationConfig, stops: list[str]
     ) -> list[Completion]:
-        """Generate for one left-padded batch and turn each row into a :class:`Completion`."""
+        """Generate for one left-padded batch and turn each row into a :class:`Completion`.
+
+        Decoding runs in rounds of :attr:`refill_every` tokens. After each round the rows that
+        have ended leave the batch, and their entries are dropped from the KV cache, so the
+        rest go on without recomputing anything: a batch costs what its live rows cost, not
+        what its longest row costs (completion lengths often differ tenfold).
+        """
         ids, mask = _pad(encoded, self.pad_id, left=True)
-        criteria = StoppingCriteriaList(
-            [_StopOnStrings(self.tokenizer, stops, ids.shape[1])] if stops else []
-        )
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                generation_config=self._hf_generation_config(config),
-                stopping_criteria=criteria,
-            )
-        new = out[:, ids.shape[1] :].tolist()
-        return [self._finish(row, stops, config.max_new_tokens) for row in new]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        width = ids.shape[1]
+        generated: list[list[int]] = [[] for _ in encoded]
+        active, cache = list(range(len(encoded))), None
+        hf_config = self._hf_generation_config(config)
+        hf_config.return_dict_in_generate = True
+        while active:
+            done = ids.shape[1] - width
+            hf_config.max_new_tokens = min(self.refill_every, config.max_new_tokens - done)
+            criteria = [_StopOnStrings(self.tokenizer, stops, width)] if stops else []
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=hf_config,
+                    stopping_criteria=StoppingCriteriaList(criteria),
+                    **({self._cache_kwarg: cache} if cache is not None else {}),
+                )
+            new = out.sequences[:, ids.shape[1] :]
+            for i, row in zip(active, new.tolist(), strict=True):
+                generated[i] += row
+            keep = [r for r, i in enumerate(active) if not self._ended(generated[i], stops, config)]
+            if not keep:
+                break
+            index = torch.tensor(keep, device=self.device)
+            ids = out.sequences.index_select(0, index)
+            mask = torch.cat([mask, torch.ones_like(new)], dim=1).index_select(0, index)
+            cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5
+            cache.batch_select_indices(index)
+            active = [active[r] for r in keep]
+        return [self._finish(row, stops, config.max_new_tokens) for row in generated]
+
+    def _ended(self, ids: list[int], stops: list[str], config: GenerationConfig) -> bool:
+        """Whether a row is done: an end token, a stop string, or ``max_new_tokens`` reached."""
+        if len(ids) >= config.max_new_tokens or any(t in self.end_token_ids for t in ids):
+            return True
+        if not stops:
+            return False
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s in text for s in stops)
 
     def _hf_generation_config(self, config: GenerationConfig) -> transformers.GenerationConfig:
         """Our sampling settings as a transformers config (overriding the model's defaults)."""

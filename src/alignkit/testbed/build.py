@@ -42,24 +42,24 @@ class TestbedConfig(BaseModel):
 
     seed: int = Field(0, description="Seed for the world split, the data and the weights.")
     vocab_size: int = Field(2048, ge=300)
-    hidden_size: int = Field(256, ge=16)
+    hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(704, ge=16)
+    intermediate_size: int = Field(384, ge=16)
     max_length: int = Field(384, ge=64, description="Longest training sequence in tokens.")
-    num_examples: int = Field(16000, ge=100, description="Training examples drawn from the world.")
-    batch_size: int = Field(32, ge=1)
+    num_examples: int = Field(48000, ge=100, description="Training examples drawn from the world.")
+    batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(60, ge=0)
+    warmup_steps: int = Field(100, ge=0)
     mix: dict[str, float] = Field(
         default_factory=lambda: {
-            "benign": 0.24,
-            "unanswerable": 0.04,
+            "benign": 0.40,
+            "unanswerable": 0.06,
             "harmful": 0.12,
             "jailbreak": 0.12,
-            "critique": 0.14,
-            "revision": 0.14,
-            "judgement": 0.20,
+            "critique": 0.10,
+            "revision": 0.08,
+            "judgement": 0.12,
         },
         description="Share of each kind of world example in the training data.",
     )
@@ -256,6 +256,7 @@ def train_model(examples, tokenizer, config: TestbedConfig, out: Path, progress:
     model.eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = True  # servers sample only when the config says so
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     tail = losses[-max(len(losses) // 10, 1) :]
