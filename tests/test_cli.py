@@ -299,3 +299,17 @@ def test_testbed_info_and_demo_on_a_given_model(tiny_model, tmp_path):
     demo = invoke("demo", "--model", tiny_model, "--n", "1")
     assert demo.exit_code == 0, demo.output
     assert "baseline" in demo.stdout and report["rows"][0]["name"] in demo.stdout
+
+
+def test_generate_model_errors_exit_2(tmp_path):
+    """A model that is not a causal LM and a server that is down: one line each, exit 2."""
+    from servers import free_port
+    from tiny_models import make_tiny_encoder
+
+    encoder = make_tiny_encoder(tmp_path / "encoder")
+    assert_user_error(
+        invoke("generate", "--model", f"hf:{encoder}", "--prompt", "x"), str(encoder), "causal"
+    )
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = invoke("generate", "--model", f"openai:m@{url}", "--prompt", "x", "--max-retries", 0)
+    assert_user_error(result, url)
