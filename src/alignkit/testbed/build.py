@@ -65,12 +65,15 @@ class TestbedConfig(BaseModel):
     )
 
 
+MODEL_SOURCES = ("build.py", "content.py", "formats.py", "world.py")
+"""The testbed modules that determine the trained model (its cache key hashes exactly these)."""
+
+
 def _source_hash() -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(here.glob("*.py")):
-        if path.name not in ("behaviour.py", "__init__.py"):
-            digest.update(path.read_bytes())
+    for name in MODEL_SOURCES:
+        digest.update((here / name).read_bytes())
     return digest.hexdigest()
 
 
