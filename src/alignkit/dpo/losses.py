@@ -1,0 +1,332 @@
+"""Pairwise preference losses of the DPO family, kept in a registry (:mod:`alignkit.dpo.registry`).
+
+Every loss is a small pure function of the sequence log-probabilities of a batch of preference
+pairs, registered with :func:`register_loss` together with its paper, whether it needs a
+reference model, its hyper-parameters and the ``label_smoothing`` it accepts. The formula is the
+function's docstring. The trainer calls :func:`compute_loss`; :func:`dpo_loss` is the same thing
+with the signature of the reference DPO code.
+
+Notation used in the formulas (per example, ``B`` examples)::
+
+    pc, pr  policy sum log-prob of the chosen / rejected completion
+    qc, qr  the same under the reference model
+    nc, nr  number of completion tokens of chosen / rejected
+    hc = pc - qc, hr = pr - qr      log-ratios (policy vs reference)
+    d = hc - hr                     the DPO logit
+    s = sigmoid, eps = label_smoothing, b = beta
+
+Rewards: for losses with a reference, ``b * hc`` and ``b * hr`` (the implicit DPO reward). For
+reference-free losses (``simpo``), the SimPO implicit reward ``b * pc / nc`` and ``b * pr / nr``.
+Rewards are detached; losses are per example (not reduced).
+
+Constrained DPO: every loss with a reference accepts ``kl_coef``; see :func:`kl_penalty`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignkit.dpo.ranked import ranked_loss
+from alignkit.dpo.registry import (
+    LOSSES,
+    Param,
+    PreferenceLoss,
+    check_config,
+    get_loss,
+    register_loss,
+)
+from alignkit.errors import ConfigError
+
+__all__ = [
+    "LOSSES",
+    "LossOutput",
+    "Param",
+    "PreferenceLogps",
+    "PreferenceLoss",
+    "compute_loss",
+    "dpo_loss",
+    "get_loss",
+    "kl_penalty",
+    "ranked_loss",
+    "register_loss",
+]
+
+
+@dataclass
+class PreferenceLogps:
+    """Sequence log-probs of a batch of preference pairs; every field is a float tensor ``[B]``.
+
+    ``policy_*`` and ``ref_*`` are SUMS of the completion tokens' log-probs (prompt excluded).
+    ``ref_*`` are None for reference-free losses; ``*_tokens`` count the completion tokens and
+    are needed by length-normalised losses (``ipo``, ``simpo``, ``rpo``) and by ``kl_coef``.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_tokens: Tensor | None = None
+    rejected_tokens: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.policy_chosen.shape
+        if self.policy_chosen.dim() != 1:
+            raise ValueError(f"log-probs must be 1-D tensors [B], got shape {tuple(shape)}")
+        if (self.ref_chosen is None) != (self.ref_rejected is None):
+            raise ValueError("give both ref_chosen and ref_rejected, or neither")
+        if (self.chosen_tokens is None) != (self.rejected_tokens is None):
+            raise ValueError("give both chosen_tokens and rejected_tokens, or neither")
+        for name in ("policy_rejected", "ref_chosen", "ref_rejected"):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        for name in ("chosen_tokens", "rejected_tokens"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = torch.as_tensor(value, device=self.policy_chosen.device)
+            if value.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+            if bool((value <= 0).any()):
+                raise ValueError(f"{name} must be positive (a completion has at least one token)")
+            setattr(self, name, value.to(self.policy_chosen.dtype))
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether reference log-probs were given."""
+        return self.ref_chosen is not None
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether completion token counts were given."""
+        return self.chosen_tokens is not None
+
+    def logratios(self) -> tuple[Tensor, Tensor]:
+        """``(hc, hr)``: policy minus reference log-prob of chosen and of rejected."""
+        if self.ref_chosen is None or self.ref_rejected is None:
+            raise ConfigError("this needs reference log-probs (ref_chosen / ref_rejected)")
+        return self.policy_chosen - self.ref_chosen, self.policy_rejected - self.ref_rejected
+
+    def average_logps(self) -> tuple[Tensor, Tensor]:
+        """``(pc / nc, pr / nr)``: per-token average policy log-probs."""
+        if self.chosen_tokens is None or self.rejected_tokens is None:
+            raise ConfigError("this needs chosen_tokens / rejected_tokens (completion lengths)")
+        return self.policy_chosen / self.chosen_tokens, self.policy_rejected / self.rejected_tokens
+
+
+@dataclass
+class LossOutput:
+    """Per-example losses ``[B]`` (not reduced), detached rewards ``[B]`` and scalar metrics."""
+
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _smoothed_logistic(logits: Tensor, eps: float) -> Tensor:
+    """``-(1 - eps) log s(logits) - eps log s(-logits)``."""
+    loss = -F.logsigmoid(logits)
+    if eps:
+        loss = (1.0 - eps) * loss - eps * F.logsigmoid(-logits)
+    return loss
+
+
+@register_loss(
+    "sigmoid",
+    paper="Rafailov et al. 2023, Direct Preference Optimization (arXiv:2305.18290); "
+    "conservative DPO: Mitchell 2023, A note on DPO with noisy preferences",
+    smoothing=(0.0, 0.5, True),
+)
+def sigmoid_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
+    """DPO: ``-log s(b * d)``.
+
+    With ``label_smoothing = eps > 0`` this is conservative DPO (cDPO), which assumes each label
+    is flipped with probability eps: ``-(1 - eps) log s(b * d) - eps log s(-b * d)``.
+    """
+    hc, hr = logps.logratios()
+    return _smoothed_logistic(beta * (hc - hr), eps)
+
+
+@register_loss(
+    "ipo",
+    paper="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human "
+    "Preferences (arXiv:2310.12036), eq. 17",
+    needs_tokens=True,
+)
+def ipo_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
+    """IPO: ``(hc / nc - hr / nr - 1 / (2 b)) ** 2``, beta being the paper's tau.
+
+    The log-ratios are averaged per token, as TRL does (its authors checked this with the IPO
+    authors: the paper's results use the length-normalised form). With sums instead, the
+    squared loss grows with completion length and ``1 / (2 b)`` means different things for
+    short and long completions.
+    """
+    hc, hr = logps.logratios()
+    delta = hc / logps.chosen_tokens - hr / logps.rejected_tokens
+    return (delta - 1.0 / (2.0 * beta)) ** 2
+
+
+@register_loss(
+    "robust",
+    paper="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with Noisy "
+    "Feedback (arXiv:2403.00409)",
+    smoothing=(0.0, 0.5, False),
+)
+def robust_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
+    """rDPO, an unbiased loss under labels flipped with probability eps = label_smoothing:
+
+    ``((1 - eps) * -log s(b * d) - eps * -log s(-b * d)) / (1 - 2 eps)``, eps in [0, 0.5).
+    With eps = 0 it is DPO.
+    """
+    hc, hr = logps.logratios()
+    logits = beta * (hc - hr)
+    clean = -(1.0 - eps) * F.logsigmoid(logits)
+    flipped = -eps * F.logsigmoid(-logits)
+    return (clean - flipped) / (1.0 - 2.0 * eps)
+
+
+@register_loss(
+    "hinge",
+    paper="Zhao et al. 2023, SLiC-HF (arXiv:2305.10425); Liu et al. 2023, Statistical "
+    "Rejection Sampling Improves Preference Optimization (RSO, arXiv:2309.06657)",
+)
+def hinge_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
+    """SLiC / RSO hinge: ``max(0, 1 - b * d)``, i.e. a margin of ``1 / b`` nats on the logit d."""
+    hc, hr = logps.logratios()
+    return torch.relu(1.0 - beta * (hc - hr))
+
+
+@register_loss(
+    "simpo",
+    paper="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free "
+    "Reward (arXiv:2405.14734), eq. 6",
+    reference_free=True,
+    params={"gamma": Param(0.5, 0.0, None)},
+    smoothing=(0.0, 0.5, True),
+    needs_tokens=True,
+)
+def simpo_loss(logps: PreferenceLogps, beta: float, eps: float, gamma: float) -> Tensor:
+    """SimPO: ``-log s(b * pc / nc - b * pr / nr - gamma)``, no reference model.
+
+    gamma is the target reward margin (the paper uses beta around 2-2.5 with gamma/beta around
+    0.5). label_smoothing gives the conservative form, as in cDPO.
+    """
+    avg_chosen, avg_rejected = logps.average_logps()
+    return _smoothed_logistic(beta * (avg_chosen - avg_rejected) - gamma, eps)
+
+
+@register_loss(
+    "rpo",
+    paper="Pang et al. 2024, Iterative Reasoning Preference Optimization (arXiv:2404.19733)",
+    params={"alpha": Param(1.0, 0.0, None)},
+    smoothing=(0.0, 0.5, True),
+    needs_tokens=True,
+)
+def rpo_loss(logps: PreferenceLogps, beta: float, eps: float, alpha: float) -> Tensor:
+    """RPO: DPO plus the chosen response's per-token NLL: ``-log s(b * d) + alpha * (-pc / nc)``.
+
+    The NLL is normalised by each example's own length (the paper's ``|x| + |y|`` becomes
+    ``nc``, as the prompt is not trained on).
+    """
+    return sigmoid_loss(logps, beta, eps) + alpha * (-logps.policy_chosen / logps.chosen_tokens)
+
+
+def kl_penalty(logps: PreferenceLogps) -> Tensor:
+    """The constrained-DPO penalty per example: ``0.25 * ((hc / nc) ** 2 + (hr / nr) ** 2)``.
+
+    This is the k2 estimator of KL divergence, ``0.5 * (log p/q) ** 2`` (Schulman 2020,
+    "Approximating KL Divergence"), applied to the per-token log-ratio of the chosen and of the
+    rejected completion and averaged over the two. It is zero exactly when the policy assigns
+    both completions the reference's probability, is non-negative, grows quadratically with
+    drift in either direction, and its gradient pulls both log-ratios back toward zero. Only
+    sequence log-probs are available here, so the per-token log-ratio is the sequence average;
+    by Jensen's inequality the result is a lower bound of the mean per-token k2. The responses
+    come from the data, not from the policy, so it is a trust-region penalty on the training
+    responses, not an unbiased estimate of KL(policy || reference).
+    """
+    hc, hr = logps.logratios()
+    if logps.chosen_tokens is None or logps.rejected_tokens is None:
+        raise ConfigError("kl_coef needs chosen_tokens and rejected_tokens (completion lengths)")
+    return 0.25 * ((hc / logps.chosen_tokens) ** 2 + (hr / logps.rejected_tokens) ** 2)
+
+
+def compute_loss(
+    logps: PreferenceLogps,
+    loss_type: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    **params: float,
+) -> LossOutput:
+    """Per-example loss, rewards and metrics of ``loss_type`` on a batch of pairs.
+
+    ``params`` are the loss's own hyper-parameters (``gamma`` for simpo, ``alpha`` for rpo) and,
+    for every loss with a reference, ``kl_coef``: the weight of :func:`kl_penalty` added to each
+    example's loss (constrained DPO). Metrics: ``nll`` (mean per-token NLL of the chosen
+    completions) when token counts are given, ``kl_penalty`` (mean of :func:`kl_penalty`,
+    before ``kl_coef``) when the reference and token counts are given.
+    """
+    loss = get_loss(loss_type)
+    values, kl_coef = check_config(loss, beta, label_smoothing, dict(params))
+    if not loss.reference_free and not logps.has_reference:
+        free = sorted(n for n, spec in LOSSES.items() if spec.reference_free)
+        raise ConfigError(
+            f"loss_type {loss.name!r} needs reference log-probs (ref_chosen / ref_rejected); "
+            f"reference-free losses: {', '.join(free)}"
+        )
+    if (loss.needs_tokens or kl_coef > 0) and not logps.has_tokens:
+        needs = "kl_coef" if not loss.needs_tokens else f"loss_type {loss.name!r}"
+        raise ConfigError(f"{needs} needs chosen_tokens and rejected_tokens (completion lengths)")
+
+    losses = loss(logps, beta, label_smoothing, **values)
+    if loss.reference_free:
+        chosen, rejected = logps.average_logps()
+    else:
+        chosen, rejected = logps.logratios()
+    stats: dict[str, Tensor] = {}
+    if logps.has_tokens:
+        stats["nll"] = -logps.average_logps()[0].detach().mean()
+        if logps.has_reference:
+            penalty = kl_penalty(logps)
+            stats["kl_penalty"] = penalty.detach().mean()
+            if kl_coef > 0:
+                losses = losses + kl_coef * penalty
+    metrics = (
+        dict(zip(stats, torch.stack(list(stats.values())).tolist(), strict=True)) if stats else {}
+    )
+    return LossOutput(losses, beta * chosen.detach(), beta * rejected.detach(), metrics)
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor | None,
+    reference_rejected_logps: Tensor | None,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    *,
+    chosen_tokens: Tensor | None = None,
+    rejected_tokens: Tensor | None = None,
+    **params: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(losses, chosen_rewards, rejected_rewards)``, per example, as in the reference DPO code.
+
+    Inputs are sequence (summed) log-probs ``[B]``. The reference ones may be None for
+    reference-free losses. ``chosen_tokens`` / ``rejected_tokens`` (completion lengths) are
+    needed by ``ipo``, ``simpo``, ``rpo`` and ``kl_coef``. See :func:`compute_loss`.
+    """
+    logps = PreferenceLogps(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        reference_chosen_logps,
+        reference_rejected_logps,
+        chosen_tokens,
+        rejected_tokens,
+    )
+    out = compute_loss(logps, loss_type, beta, label_smoothing, **params)
+    return out.losses, out.chosen_rewards, out.rejected_rewards

@@ -1,0 +1,154 @@
+"""The loss registry: declarative metadata for each preference loss, and config validation.
+
+A loss is a pure function ``fn(logps, beta, label_smoothing, **params) -> losses[B]`` added to
+:data:`LOSSES` by :func:`register_loss` with its paper, whether it needs a reference model, its
+hyper-parameters (:class:`Param`) and the ``label_smoothing`` interval it accepts. The losses
+themselves live in :mod:`alignkit.dpo.losses`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from torch import Tensor
+
+from alignkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alignkit.dpo.losses import PreferenceLogps
+
+__all__ = ["LOSSES", "Param", "PreferenceLoss", "check_config", "get_loss", "register_loss"]
+
+
+class Param(NamedTuple):
+    """A loss hyper-parameter: default value and the closed interval it must lie in."""
+
+    default: float
+    low: float | None = None
+    high: float | None = None
+
+
+LossFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """A registered loss: the function plus its declarative metadata."""
+
+    name: str
+    paper: str
+    fn: LossFn
+    reference_free: bool = False
+    params: Mapping[str, Param] = field(default_factory=dict)
+    smoothing: tuple[float, float, bool] | None = None  # (low, high, high included) for eps
+    needs_tokens: bool = False
+
+    @property
+    def formula(self) -> str:
+        """The loss formula and its notes (the function's docstring)."""
+        return inspect.getdoc(self.fn) or ""
+
+    def valid_params(self) -> list[str]:
+        """Names of the keyword hyper-parameters this loss accepts (besides beta)."""
+        names = list(self.params)
+        if self.smoothing is not None:
+            names.append("label_smoothing")
+        if not self.reference_free:
+            names.append("kl_coef")
+        return sorted(names)
+
+    def __call__(
+        self, logps: PreferenceLogps, beta: float, label_smoothing: float = 0.0, **params: float
+    ) -> Tensor:
+        """Per-example losses (no validation: use :func:`compute_loss` for that)."""
+        values = {name: params.get(name, spec.default) for name, spec in self.params.items()}
+        return self.fn(logps, beta, label_smoothing, **values)
+
+
+LOSSES: dict[str, PreferenceLoss] = {}
+"""The loss registry: ``loss_type`` name -> :class:`PreferenceLoss`."""
+
+
+def register_loss(
+    name: str,
+    *,
+    paper: str,
+    reference_free: bool = False,
+    params: Mapping[str, Param] | None = None,
+    smoothing: tuple[float, float, bool] | None = None,
+    needs_tokens: bool = False,
+) -> Callable[[LossFn], LossFn]:
+    """Decorator adding ``fn(logps, beta, label_smoothing, **params) -> losses[B]`` to LOSSES."""
+
+    def decorate(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = PreferenceLoss(
+            name, paper, fn, reference_free, dict(params or {}), smoothing, needs_tokens
+        )
+        return fn
+
+    return decorate
+
+
+def get_loss(loss_type: str) -> PreferenceLoss:
+    """The registered loss called ``loss_type``; ConfigError naming the valid ones otherwise."""
+    try:
+        return LOSSES[loss_type]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown loss_type {loss_type!r}; choose one of: {', '.join(sorted(LOSSES))}"
+        ) from None
+
+
+def _check_number(name: str, value: object, low: float | None, high: float | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{name} must lie in {bounds}, got {value!r}")
+    return float(value)
+
+
+def check_config(
+    loss: PreferenceLoss, beta: float, eps: float, params: dict[str, float]
+) -> tuple[dict[str, float], float]:
+    """Validated loss params and kl_coef; ConfigError names the bad option and valid ones."""
+    beta = _check_number("beta", beta, None, None)
+    if beta <= 0:
+        raise ConfigError(f"beta must be positive, got {beta!r}")
+    eps = _check_number("label_smoothing", eps, 0.0, None)
+    if eps and loss.smoothing is None:
+        users = sorted(n for n, spec in LOSSES.items() if spec.smoothing is not None)
+        raise ConfigError(
+            f"label_smoothing is not used by loss_type {loss.name!r}; "
+            f"losses that take it: {', '.join(users)}"
+        )
+    if loss.smoothing is not None:
+        low, high, closed = loss.smoothing
+        if eps > high or (eps == high and not closed):
+            bracket = "]" if closed else ")"
+            raise ConfigError(
+                f"label_smoothing for {loss.name!r} must lie in [{low}, {high}{bracket}, got {eps}"
+            )
+    if loss.reference_free and "kl_coef" in params:
+        raise ConfigError(
+            f"kl_coef keeps the policy near the reference model, but loss_type {loss.name!r} "
+            "is reference-free; use a loss with a reference (e.g. sigmoid) or drop kl_coef"
+        )
+    unknown = sorted(set(params) - set(loss.valid_params()))
+    if unknown:
+        raise ConfigError(
+            f"loss_type {loss.name!r} does not take {', '.join(unknown)}; its parameters are: "
+            f"{', '.join(['beta', *loss.valid_params()])}"
+        )
+    kl_coef = _check_number("kl_coef", params.pop("kl_coef", 0.0), 0.0, None)
+    checked = {
+        name: _check_number(name, params.get(name, spec.default), spec.low, spec.high)
+        for name, spec in loss.params.items()
+    }
+    return checked, kl_coef
