@@ -32,12 +32,43 @@ from alignkit.models import (
     score,
 )
 
+# The training stages load torch; they are imported on first use (PEP 562).
+_LAZY = {
+    "AdaptiveDPO": "alignkit.dpo",
+    "DPOConfig": "alignkit.dpo",
+    "DPOPipeline": "alignkit.dpo",
+    "DPOTrainer": "alignkit.dpo",
+    "dpo_loss": "alignkit.dpo",
+    "get_log_probs": "alignkit.dpo",
+    "get_ref_log_probs": "alignkit.dpo",
+    "DPODataset": "alignkit.data",
+    "load_preferences": "alignkit.data",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'alignkit' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
 try:
     __version__ = version("alignkit")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AdaptiveDPO",
+    "DPOConfig",
+    "DPODataset",
+    "DPOPipeline",
+    "DPOTrainer",
+    "dpo_loss",
+    "get_log_probs",
+    "get_ref_log_probs",
+    "load_preferences",
     "AlignkitError",
     "BackendError",
     "BackendOptions",

@@ -401,8 +401,19 @@ class SampleTestbedConfig(CommandConfig):
     jsonl: bool = Field(False, description="Print JSON lines instead of a table.")
 
 
+class TestbedPreferencesConfig(CommandConfig):
+    """``alignkit testbed preferences``: write preference data drawn from the testbed world."""
+
+    output: Path = Field(description="JSONL file to write.")
+    n: int = Field(512, ge=1, description="Number of records.")
+    split: Literal["train", "heldout"] = Field("train", description="Which split to draw from.")
+    seed: int = Field(0, description="Seed of the testbed world and of the draw.")
+    ranked: bool = Field(False, description="Ranked multi-response records instead of pairs.")
+
+
 __all__ = [
     "BehaviourConfig",
+    "TestbedPreferencesConfig",
     "BuildTestbedConfig",
     "CommandConfig",
     "ConfigOption",

@@ -11,7 +11,12 @@ from rich.table import Table
 
 from alignkit.commands._console import print_note, stdout
 from alignkit.commands._options import config_command
-from alignkit.config import BehaviourConfig, BuildTestbedConfig, SampleTestbedConfig
+from alignkit.config import (
+    BehaviourConfig,
+    BuildTestbedConfig,
+    SampleTestbedConfig,
+    TestbedPreferencesConfig,
+)
 from alignkit.models import load_backend
 from alignkit.testbed import (
     BehaviourReport,
@@ -130,3 +135,15 @@ def sample(config: SampleTestbedConfig) -> None:
             escape(kind), e.category, e.response_class, escape(e.prompt), escape(e.response)
         )
     stdout().print(table)
+
+
+@config_command(group, "preferences", TestbedPreferencesConfig)
+def preferences(config: TestbedPreferencesConfig) -> None:
+    """Write preference data from the testbed world (refusal over harmful compliance, helpful
+    over over-refusal and wrong answers, "I don't know" over made-up answers)."""
+    from alignkit.testbed.preferences import preference_pairs, ranked_records, write_jsonl
+
+    make = ranked_records if config.ranked else preference_pairs
+    records = make(World(config.seed), config.n, split=config.split, seed=config.seed)
+    write_jsonl(records, config.output)
+    print_note(f"wrote {len(records)} records to {config.output}")

@@ -110,11 +110,26 @@ class HFBackend:
     def __init__(self, spec: ModelSpec, options: BackendOptions, name: str | None = None) -> None:
         if spec.kind != "hf" or not spec.path:
             raise ModelError(f"HFBackend needs an hf:PATH model string, got {spec}")
+        device = resolve_device(options.device)
+        model, tokenizer = load_pretrained(spec, options, device)
+        self._setup(model, tokenizer, options, name or str(spec), device, spec)
+
+    @classmethod
+    def from_model(
+        cls, model, tokenizer, options: BackendOptions | None = None, name: str = "model"
+    ) -> HFBackend:
+        """Wrap a model already in memory (e.g. a policy being trained) as a backend."""
+        backend = cls.__new__(cls)
+        device = next(model.parameters()).device
+        backend._setup(model, tokenizer, options or BackendOptions(), name, device, None)
+        return backend
+
+    def _setup(self, model, tokenizer, options, name, device, spec) -> None:
         self.spec = spec
         self.options = options
-        self.name = name or str(spec)
-        self.device = resolve_device(options.device)
-        self.model, self.tokenizer = load_pretrained(spec, options, self.device)
+        self.name = name
+        self.device = device
+        self.model, self.tokenizer = model, tokenizer
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._chat = options.use_chat_template and bool(self.tokenizer.chat_template)
         self._plain = options.use_chat_template and not self._chat

@@ -1,0 +1,34 @@
+"""Direct Preference Optimization and its family (IPO, cDPO, rDPO, SLiC, SimPO, RPO,
+Plackett-Luce ranked DPO, KL-constrained DPO, beta-DPO), a trainer and a pipeline.
+
+Names are imported on first use, so ``import alignkit.dpo.config`` (the CLI does) stays free
+of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "AdaptiveDPO": "adaptive",
+    "DPOConfig": "config",
+    "SequenceLogps": "forward",
+    "get_log_probs": "forward",
+    "get_ref_log_probs": "forward",
+    "LOSSES": "losses",
+    "PreferenceLogps": "losses",
+    "compute_loss": "losses",
+    "dpo_loss": "losses",
+    "ranked_loss": "losses",
+    "DPOPipeline": "pipeline",
+    "PipelineResult": "pipeline",
+    "DPOTrainer": "trainer",
+    "TrainingError": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'alignkit.dpo' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"alignkit.dpo.{_EXPORTS[name]}"), name)

@@ -1,0 +1,95 @@
+"""``DPOConfig``: every setting of DPO training, the same from the CLI, YAML and Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from alignkit.config import CommandConfig, ModelString
+
+
+class DPOConfig(CommandConfig):
+    """``alignkit dpo``: preference optimisation of a causal LM (DPO and its family)."""
+
+    # what to train on
+    model: ModelString = Field("testbed", description="Model string: hf:PATH[+ADAPTER] or testbed.")
+    data: Path | None = Field(None, description="Preference data: JSONL/JSON/Parquet/CSV/HF dir.")
+    eval_data: Path | None = Field(None, description="Held-out preference data for evaluate().")
+    output_dir: Path = Field(Path("runs/dpo"), description="Checkpoints, metrics and the model.")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="A malformed record stops the run (error) or is skipped and counted."
+    )
+    max_length: int = Field(512, ge=8, description="Longest prompt + completion, in tokens.")
+    max_prompt_length: int = Field(256, ge=1, description="Prompts are cut to this first.")
+    truncation_mode: Literal["keep_end", "keep_start"] = Field(
+        "keep_end", description="Which end of a long prompt to keep."
+    )
+    # the objective
+    loss_type: str = Field("sigmoid", description="sigmoid, ipo, robust, hinge, simpo, rpo, ...")
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL regularisation.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / rDPO label noise.")
+    simpo_gamma: float = Field(0.5, description="SimPO target reward margin.")
+    rpo_alpha: float = Field(1.0, ge=0, description="RPO weight of the chosen NLL term.")
+    kl_coef: float = Field(0.0, ge=0, description="Constrained DPO: explicit KL penalty weight.")
+    adaptive_beta: bool = Field(False, description="beta-DPO: adapt beta per batch (AdaptiveDPO).")
+    adaptive_alpha: float = Field(0.6, ge=0, description="beta-DPO scaling of the margin gap.")
+    adaptive_filter: float | None = Field(
+        None, gt=0, le=1, description="beta-DPO data filtering: fraction of each batch kept."
+    )
+    # optimisation
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
+    learning_rate: float = Field(5e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch (per process).")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (default: epochs).")
+    epochs: float = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    # the reference and the adapter
+    lora: bool = Field(False, description="Train a LoRA adapter; the reference is the base model.")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(
+        None, description="Module names to adapt (default: all linear layers)."
+    )
+    precompute_ref: bool = Field(
+        True, description="Compute reference log-probs once (cached on disk); no reference forward."
+    )
+    # bookkeeping
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    logging_steps: int = Field(1, ge=1)
+    resume: bool = Field(False, description="Continue from the last checkpoint in output_dir.")
+    tensorboard: bool = Field(False, description="Also log metrics to TensorBoard.")
+    kl_samples: int = Field(32, ge=0, description="Prompts sampled to estimate KL(policy || ref).")
+    sft_epochs: float = Field(0.0, ge=0, description="DPOPipeline: SFT epochs on chosen first.")
+    trust_remote_code: bool = False
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DPOConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
+                f"({self.max_length})"
+            )
+        return self
+
+    def loss_params(self) -> dict:
+        """Keyword arguments of the loss function for this config's loss type."""
+        params: dict = {"label_smoothing": self.label_smoothing}
+        if self.loss_type == "simpo":
+            params["gamma"] = self.simpo_gamma
+        if self.loss_type == "rpo":
+            params["alpha"] = self.rpo_alpha
+        if self.kl_coef:
+            params["kl_coef"] = self.kl_coef
+        return params

@@ -1,0 +1,75 @@
+"""Loading the policy, and saving / restoring its trainable weights in checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from alignkit.errors import ModelError
+from alignkit.models.base import BackendOptions, ModelSpec
+
+
+def load_policy(config):
+    """``(model, tokenizer)`` for ``config.model`` (``hf:PATH[+ADAPTER]`` or ``testbed``)."""
+    from alignkit.models.hf_loading import load_pretrained, resolve_device
+
+    spec = ModelSpec.parse(config.model)
+    if spec.kind == "openai":
+        raise ModelError(
+            f"{config.model}: DPO trains weights, so it needs a local model (hf:PATH or testbed), "
+            "not a server"
+        )
+    if spec.kind == "testbed":
+        from alignkit.testbed import ensure_testbed
+
+        spec = ModelSpec(kind="hf", path=str(ensure_testbed()))
+    options = BackendOptions(
+        device=config.device, trust_remote_code=config.trust_remote_code, dtype="float32"
+    )
+    model, tokenizer = load_pretrained(spec, options, resolve_device(config.device))
+    if spec.adapter:  # continue training the given adapter
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+    model.train()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _trainable_state(model) -> dict:
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return model.state_dict()
+
+
+def save_weights(model, directory: Path) -> None:
+    """The trainable weights (the adapter for LoRA) as safetensors."""
+    state = {k: v.detach().cpu().contiguous() for k, v in _trainable_state(model).items()}
+    seen: dict[int, str] = {}
+    for key in list(state):  # tied weights share storage; safetensors wants one copy
+        ptr = state[key].data_ptr()
+        if ptr in seen:
+            del state[key]
+        else:
+            seen[ptr] = key
+    save_file(state, Path(directory) / "weights.safetensors")
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    state = load_file(Path(checkpoint) / "weights.safetensors")
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ModelError(
+            f"checkpoint {checkpoint} does not fit the model: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )

@@ -1,0 +1,101 @@
+"""From policy and reference log-probs to a loss and the metrics DPO users watch.
+
+Pairs go to the registered pairwise loss (``config.loss_type``); ranked lists of more than two
+responses go to the Plackett-Luce listwise loss. With :class:`~alignkit.dpo.adaptive.AdaptiveDPO`
+beta is chosen per batch and some examples may be filtered out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from alignkit.dpo.forward import SequenceLogps
+from alignkit.dpo.losses import PreferenceLogps, compute_loss, ranked_loss
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def average(results: list[StepResult]) -> dict[str, float]:
+        keys = sorted({k for r in results for k in r.metrics})
+        return {k: sum(r.metrics.get(k, 0.0) for r in results) / len(results) for k in keys}
+
+
+def pair_view(policy: SequenceLogps, ref: SequenceLogps | None) -> PreferenceLogps:
+    """The best and the worst valid completion of each example as a (chosen, rejected) pair."""
+    last = policy.mask.long().sum(1) - 1
+    rows = torch.arange(policy.logps.shape[0], device=policy.logps.device)
+
+    def pick(t: torch.Tensor, k) -> torch.Tensor:
+        return t[rows, k] if isinstance(k, torch.Tensor) else t[:, k]
+
+    return PreferenceLogps(
+        policy_chosen=pick(policy.logps, 0),
+        policy_rejected=pick(policy.logps, last),
+        ref_chosen=None if ref is None else pick(ref.logps, 0),
+        ref_rejected=None if ref is None else pick(ref.logps, last),
+        chosen_tokens=pick(policy.tokens, 0),
+        rejected_tokens=pick(policy.tokens, last),
+    )
+
+
+def adapt(adaptive, pairs: PreferenceLogps, gather=None, rank: int = 0):
+    """beta-DPO's beta and kept examples for this micro-batch, and the divisor of the summed
+    loss. With data parallelism the margins of every process are gathered first, so all
+    processes share one beta and one running state (``gather`` concatenates in rank order);
+    the divisor is the number of examples kept over all processes per process, so averaging
+    gradients over processes gives the mean over all kept examples, as one process would."""
+    margins = adaptive.margins(pairs)
+    if gather is None:
+        step = adaptive.update(margins)
+        return step, max(float(step.mask.sum()), 1.0)
+    everyone = gather(margins)
+    step = adaptive.update(everyone)
+    size, processes = margins.shape[0], everyone.shape[0] // margins.shape[0]
+    divisor = max(float(step.mask.sum()), 1.0) / processes
+    step.mask = step.mask[rank * size : (rank + 1) * size].to(margins.device)
+    return step, divisor
+
+
+def preference_step(
+    policy: SequenceLogps,
+    ref: SequenceLogps | None,
+    config,
+    adaptive=None,
+    gather=None,
+    rank: int = 0,
+) -> StepResult:
+    """Loss (mean over kept examples) and metrics for one micro-batch."""
+    pairs = pair_view(policy, ref)
+    beta, keep, divisor, extra = config.beta, None, 1.0, {}
+    if adaptive is not None:
+        adapted, divisor = adapt(adaptive, pairs, gather, rank)
+        beta, keep = adapted.beta, adapted.mask
+        extra.update(adapted.metrics())
+    if policy.logps.shape[1] > 2:
+        losses = ranked_loss(policy.logps, ref.logps, policy.mask, beta=beta)
+        chosen = beta * (pairs.policy_chosen - pairs.ref_chosen).detach()
+        rejected = beta * (pairs.policy_rejected - pairs.ref_rejected).detach()
+    else:
+        out = compute_loss(pairs, loss_type=config.loss_type, beta=beta, **config.loss_params())
+        losses, chosen, rejected = out.losses, out.chosen_rewards, out.rejected_rewards
+        extra.update(out.metrics)
+    loss = (losses * keep).sum() / divisor if keep is not None else losses.mean()
+    chosen, rejected = chosen.detach(), rejected.detach()
+    metrics = {
+        "loss": float(loss.detach()),
+        "rewards/chosen": float(chosen.mean()),
+        "rewards/rejected": float(rejected.mean()),
+        "rewards/accuracies": float((chosen > rejected).float().mean()),
+        "rewards/margins": float((chosen - rejected).mean()),
+        "logps/chosen": float(pairs.policy_chosen.detach().mean()),
+        "logps/rejected": float(pairs.policy_rejected.detach().mean()),
+        "beta": float(beta),
+        **{k: float(v) for k, v in extra.items()},
+    }
+    return StepResult(loss, metrics)

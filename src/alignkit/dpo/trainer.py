@@ -1,0 +1,397 @@
+"""``DPOTrainer``: preference optimisation of any Hugging Face causal LM.
+
+One readable recipe over small parts: data from :mod:`alignkit.data`, log-probs from
+:mod:`alignkit.dpo.forward`, losses from the :mod:`alignkit.dpo.losses` registry, the
+reference from :mod:`alignkit.dpo.reference`, checkpoints from :mod:`alignkit.dpo.checkpoint`.
+Training runs unchanged on one CPU, one GPU, or many under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from alignkit.dpo.batching import epoch_batches
+from alignkit.dpo.checkpoint import (
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+    set_rng_state,
+    trim_metrics,
+)
+from alignkit.dpo.config import DPOConfig
+from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
+from alignkit.dpo.model_io import load_policy, load_weights, save_weights
+from alignkit.dpo.reference import precompute_reference
+from alignkit.dpo.steps import StepResult, preference_step
+from alignkit.errors import AlignkitError, ConfigError
+
+
+class TrainingError(AlignkitError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class DPOTrainer:
+    """Train a policy on preference data with DPO or any loss of the registry.
+
+    ``DPOTrainer("hf:./model", DPOConfig(data="prefs.jsonl", loss_type="ipo"))`` or, with
+    objects in memory, ``DPOTrainer(model=..., tokenizer=..., train_dataset=...)``.
+    """
+
+    def __init__(
+        self,
+        model: str | Any | None = None,
+        config: DPOConfig | None = None,
+        *,
+        tokenizer=None,
+        train_dataset=None,
+        eval_dataset=None,
+        **overrides,
+    ) -> None:
+        base = config or DPOConfig()
+        if isinstance(model, str):
+            overrides["model"] = model
+        self.config = DPOConfig.model_validate({**base.model_dump(), **overrides})
+        cfg = self.config
+        self._check_loss()  # fail fast, before loading models and data
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+            cpu=cfg.device == "cpu",
+        )
+        set_seed(cfg.seed)
+        if model is None or isinstance(model, str):
+            model, tokenizer = load_policy(cfg)
+        elif tokenizer is None:
+            raise ConfigError("pass tokenizer= with a model object")
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.model = self._with_adapter(model)
+        self.train_dataset = train_dataset if train_dataset is not None else self._dataset(cfg.data)
+        self.eval_dataset = (
+            eval_dataset
+            if eval_dataset is not None
+            else self._dataset(cfg.eval_data, required=False)
+        )
+        self.reference = None if (cfg.lora or cfg.precompute_ref) else self._frozen_copy()
+        self.adaptive = self._adaptive()
+        self.step = 0
+        self._epoch: tuple[int, list[list[int]]] = (-1, [])
+        self.ref_logps: SequenceLogps | None = None
+        self.eval_ref_logps: SequenceLogps | None = None
+        self.output_dir = Path(cfg.output_dir)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self._setup_optimisation()
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def _check_loss(self) -> None:
+        from alignkit.dpo.registry import check_config, get_loss
+
+        params = self.config.loss_params()
+        smoothing = params.pop("label_smoothing")
+        check_config(get_loss(self.config.loss_type), self.config.beta, smoothing, params)
+
+    def _dataset(self, path, required: bool = True):
+        from alignkit.data import DPODataset
+
+        if path is None:
+            if required:
+                raise ConfigError("no training data: set data (--data FILE)")
+            return None
+        cfg = self.config
+        return DPODataset.from_file(
+            path,
+            self.tokenizer,
+            max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
+            truncation_mode=cfg.truncation_mode,
+            on_bad_record=cfg.on_bad_record,
+        )
+
+    def _with_adapter(self, model):
+        cfg = self.config
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if not cfg.lora:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        if hasattr(model, "peft_config"):
+            return model
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules or "all-linear",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+
+    def _frozen_copy(self):
+        reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        return reference
+
+    def _adaptive(self):
+        if not self.config.adaptive_beta:
+            return None
+        from alignkit.dpo.adaptive import AdaptiveDPO
+
+        return AdaptiveDPO(
+            beta=self.config.beta,
+            alpha=self.config.adaptive_alpha,
+            filter_fraction=self.config.adaptive_filter,
+            seed=self.config.seed,
+        )
+
+    def _setup_optimisation(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        self.global_batch = cfg.batch_size * acc.num_processes
+        per_epoch = math.ceil(len(self.train_dataset) / self.global_batch)
+        self.micro_per_epoch = per_epoch
+        self.total_steps = cfg.max_steps or max(
+            1, math.ceil(cfg.epochs * per_epoch / cfg.gradient_accumulation_steps)
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optim = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.RMSprop
+        self.optimizer = optim(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+            self.optimizer,
+            num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=self.total_steps,
+        )
+        # The scheduler stays unprepared: accelerate would step it once per process, which
+        # decays the learning rate num_processes times too fast for our per-process batches.
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if self.reference is not None:
+            self.reference = self.reference.to(acc.device)
+
+    # ----------------------------------------------------------------------- reference
+
+    def prepare_reference(self) -> None:
+        """Precompute reference log-probs of the training data (from the disk cache if there)."""
+        if not self.config.precompute_ref or self.ref_logps is not None:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+
+        def compute(dataset) -> SequenceLogps:
+            items = [dataset[i] for i in range(len(dataset))]
+            return precompute_reference(
+                model, items, batch_size=self.config.batch_size * 2, pad_id=self.pad_id
+            )
+
+        self.ref_logps = compute(self.train_dataset)
+        if self.eval_dataset is not None:
+            self.eval_ref_logps = compute(self.eval_dataset)
+
+    def get_ref_log_probs(self, indices: list[int], examples) -> SequenceLogps:
+        """Reference log-probs for these training examples (precomputed, or computed now)."""
+        if self.ref_logps is not None:
+            k = max(len(ex.completion_ids) for ex in examples)
+            device = self.accelerator.device
+            return SequenceLogps(
+                self.ref_logps.logps[indices, :k].to(device),
+                self.ref_logps.tokens[indices, :k].to(device),
+            )
+        reference = self.reference or self.accelerator.unwrap_model(self.model)
+        return get_ref_log_probs(reference, examples, self.pad_id)
+
+    # --------------------------------------------------------------------------- steps
+
+    def train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
+        """One optimizer step over ``micro_batches`` (lists of training-example indices)."""
+        cfg, acc = self.config, self.accelerator
+        self.model.train()
+        results: list[StepResult] = []
+        for indices in micro_batches:
+            mine = indices[acc.process_index :: acc.num_processes]
+            examples = [self.train_dataset[i] for i in mine]
+            with acc.accumulate(self.model), acc.autocast():
+                policy = get_log_probs(self.model, examples, self.pad_id)
+                gather = acc.gather if acc.num_processes > 1 else None
+                result = preference_step(
+                    policy,
+                    self.get_ref_log_probs(mine, examples),
+                    cfg,
+                    self.adaptive,
+                    gather=gather,
+                    rank=acc.process_index,
+                )
+                if not torch.isfinite(result.loss):
+                    self._diverged(result.loss)
+                acc.backward(result.loss)
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    result.metrics["grad_norm"] = float(
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    )
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            results.append(result)
+        self.step += 1
+        metrics = StepResult.average(results)
+        keys = sorted(metrics)  # the same order in every process
+        values = acc.reduce(torch.tensor([metrics[k] for k in keys], device=acc.device), "mean")
+        metrics = dict(zip(keys, values.tolist(), strict=True))
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def _diverged(self, loss: torch.Tensor) -> None:
+        last = latest_checkpoint(self.output_dir)
+        where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
+        raise TrainingError(
+            f"the loss became {loss.item()} at step {self.step + 1}{where}. Lower the learning "
+            "rate or beta, or check the data for empty or extreme completions."
+        )
+
+    # --------------------------------------------------------------------------- train
+
+    def train(self) -> dict[str, float]:
+        """Train to ``max_steps`` (or ``epochs``), checkpointing, logging and evaluating."""
+        from alignkit.progress import make_progress
+
+        cfg, acc = self.config, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_reference()  # before resuming: the reference is the untrained policy
+        if cfg.resume:
+            self.resume()
+        ga = cfg.gradient_accumulation_steps
+        start, last = time.time(), {}
+        tokens = 0
+        show = acc.is_main_process
+        with make_progress() as bar:
+            task = bar.add_task(
+                "dpo", total=self.total_steps, completed=self.step, info="", visible=show
+            )
+            while self.step < self.total_steps:
+                micro = [self._micro_batch(self.step * ga + j) for j in range(ga)]
+                last = self.train_step(micro)
+                tokens += sum(self._tokens(i) for batch in micro for i in batch)
+                last["tokens_per_second"] = tokens / max(time.time() - start, 1e-9)
+                bar.update(
+                    task,
+                    advance=1,
+                    info=(
+                        f"loss {last['loss']:.3f} | acc {last['rewards/accuracies']:.2f} | "
+                        f"{last['tokens_per_second']:,.0f} tok/s"
+                    ),
+                )
+                if self.step % cfg.logging_steps == 0:
+                    self.log(last)
+                if cfg.eval_steps and self.step % cfg.eval_steps == 0:
+                    self.log(self.evaluate())
+                if cfg.save_steps and self.step % cfg.save_steps == 0:
+                    self.save_checkpoint()
+        final = self.evaluate()
+        self.log(final)
+        self.save_checkpoint()
+        return {**last, **final}
+
+    def _micro_batch(self, index: int) -> list[int]:
+        epoch, position = divmod(index, self.micro_per_epoch)
+        if self._epoch[0] != epoch:
+            lengths = [self._tokens(i) for i in range(len(self.train_dataset))]
+            self._epoch = (
+                epoch,
+                epoch_batches(lengths, self.global_batch, self.config.seed, epoch),
+            )
+        return self._epoch[1][position]
+
+    def _tokens(self, index: int) -> int:
+        ex = self.train_dataset[index]
+        return sum(len(ex.prompt_ids) + len(c) for c in ex.completion_ids)
+
+    def log(self, metrics: dict[str, float]) -> None:
+        if not metrics or not self.accelerator.is_main_process:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+    # ------------------------------------------------------------------------ evaluate
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        """Reward metrics on held-out pairs and an estimate of KL(policy || reference)."""
+        from alignkit.dpo.evaluation import evaluate_preferences
+
+        dataset = dataset if dataset is not None else self.eval_dataset
+        if dataset is None:
+            return {}
+        return evaluate_preferences(self, dataset)
+
+    # ---------------------------------------------------------------------- persistence
+
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+        }
+        model = self.accelerator.unwrap_model(self.model)
+        return save_checkpoint(self.output_dir, self.step, lambda d: save_weights(model, d), state)
+
+    def resume(self) -> bool:
+        """Load the last checkpoint of ``output_dir``; False if there is none."""
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            return False
+        load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        state = load_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.adaptive and state.get("adaptive"):
+            self.adaptive.load_state_dict(state["adaptive"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        trim_metrics(self.metrics_path, self.step)
+        return True
+
+    def save_model(self, path: str | Path | None = None, merge_lora: bool = False) -> Path:
+        """Write the policy in standard Hugging Face format (LoRA: the adapter, or merged)."""
+        path = Path(path or self.output_dir / "final")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            if merge_lora and hasattr(model, "merge_and_unload"):
+                model = copy.deepcopy(model).merge_and_unload()
+            model.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        return path
+
+    @staticmethod
+    def load_model(path: str | Path, device: str = "auto"):
+        """Read back what :meth:`save_model` wrote: ``(model, tokenizer)``."""
+        from alignkit.models.base import BackendOptions, ModelSpec
+        from alignkit.models.hf_loading import load_pretrained, resolve_device
+
+        path = Path(path)
+        adapter = path / "adapter_config.json"
+        if adapter.exists():
+            base = json.loads(adapter.read_text())["base_model_name_or_path"]
+            spec = ModelSpec(kind="hf", path=base, adapter=str(path))
+        else:
+            spec = ModelSpec(kind="hf", path=str(path))
+        options = BackendOptions(device=device)
+        return load_pretrained(spec, options, resolve_device(device))

@@ -1,0 +1,147 @@
+"""DPOTrainer on the testbed model: log-probs, checkpoints and resume, LoRA, saving, the effect."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.dpo import DPOConfig, DPOTrainer, TrainingError, get_log_probs
+from alignkit.testbed import World
+from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+FAST = {"batch_size": 8, "learning_rate": 5e-4, "beta": 0.1, "kl_samples": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory) -> dict[str, Path]:
+    world = World(0)
+    root = tmp_path_factory.mktemp("prefs")
+    paths = {"train": root / "train.jsonl", "eval": root / "eval.jsonl"}
+    write_jsonl(preference_pairs(world, 512, split="train", seed=0), paths["train"])
+    write_jsonl(preference_pairs(world, 64, split="heldout", seed=1), paths["eval"])
+    return paths
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "model.safetensors")
+
+
+def test_get_log_probs_equals_one_row_at_a_time(prefs):
+    """Left-padded, batched, logits only where completions are == a plain unpadded forward."""
+    trainer = DPOTrainer("testbed", DPOConfig(data=prefs["train"], **FAST))
+    items = [trainer.train_dataset[i] for i in range(6)]
+    batched = get_log_probs(trainer.model, items, trainer.pad_id)
+    for b, ex in enumerate(items):
+        for k, completion in enumerate(ex.completion_ids):
+            ids = torch.tensor([ex.prompt_ids + completion])
+            with torch.no_grad():
+                logps = trainer.model(ids).logits.log_softmax(-1)[0, len(ex.prompt_ids) - 1 : -1]
+            total = logps.gather(1, torch.tensor(completion).unsqueeze(1)).sum()
+            assert batched.logps[b, k].item() == pytest.approx(total.item(), abs=1e-4)
+            assert batched.tokens[b, k] == len(completion)
+
+
+def test_resume_after_kill_gives_the_same_weights(prefs, tmp_path):
+    args = [
+        "--data",
+        prefs["train"],
+        "--max-steps",
+        "24",
+        "--save-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "5e-4",
+        "--kl-samples",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
+    straight = tmp_path / "straight"
+    cmd = [sys.executable, "-m", "alignkit", "dpo", *map(str, args)]
+    subprocess.run([*cmd, "--output-dir", str(straight)], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, "--output-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-000008")) and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "final").exists()
+    subprocess.run([*cmd, "--output-dir", str(killed), "--resume"], check=True, capture_output=True)
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_nan_loss_stops_with_a_clear_message(prefs, tmp_path):
+    trainer = DPOTrainer(
+        "testbed",
+        DPOConfig(
+            data=prefs["train"], output_dir=tmp_path, max_steps=50, **{**FAST, "learning_rate": 1e4}
+        ),
+    )
+    with pytest.raises(TrainingError, match="loss became"):
+        trainer.train()
+
+
+def test_lora_uses_the_disabled_adapter_as_reference_and_saves(prefs, tmp_path):
+    cfg = DPOConfig(
+        data=prefs["train"],
+        output_dir=tmp_path,
+        max_steps=6,
+        lora=True,
+        lora_r=4,
+        precompute_ref=False,
+        **{**FAST, "learning_rate": 5e-3},
+    )
+    trainer = DPOTrainer("testbed", cfg)
+    assert trainer.reference is None  # no second model in memory
+    trainer.train()
+    adapter = trainer.save_model(tmp_path / "adapter")
+    merged = trainer.save_model(tmp_path / "merged", merge_lora=True)
+    assert (adapter / "adapter_config.json").exists()
+    model_a, _ = DPOTrainer.load_model(adapter, device="cpu")
+    model_m, _ = DPOTrainer.load_model(merged, device="cpu")
+    ids = torch.tensor([trainer.train_dataset[0].prompt_ids])
+    with torch.no_grad():
+        la, lm = model_a(ids).logits, model_m(ids).logits
+    assert torch.allclose(la, lm, atol=1e-4)
+    base = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad(), base.disable_adapter():
+        assert not torch.allclose(base(ids).logits, la, atol=1e-4)  # the adapter learned
+
+
+def test_save_model_is_standard_hf_format(prefs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trainer = DPOTrainer(
+        "testbed", DPOConfig(data=prefs["train"], output_dir=tmp_path, max_steps=2, **FAST)
+    )
+    trainer.train()
+    path = trainer.save_model()
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ours = trainer.accelerator.unwrap_model(trainer.model)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), ours.state_dict().values(), strict=True)
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 1 and "rewards/accuracies" in rows[0]
