@@ -66,7 +66,7 @@ def supervised_finetune(config: DPOConfig, out: Path) -> Path:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                update(float(loss), int(out_logps.tokens.sum()))
+                update(float(loss.detach()), int(out_logps.tokens.sum()))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

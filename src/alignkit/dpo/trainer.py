@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.dpo.batching import epoch_batches
@@ -64,6 +65,9 @@ class DPOTrainer:
         self.config = DPOConfig.model_validate({**base.model_dump(), **overrides})
         cfg = self.config
         self._check_loss()  # fail fast, before loading models and data
+        # accelerate keeps one global state per process; let a later trainer in the same
+        # process choose its own precision (the process group itself is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision="bf16" if cfg.precision == "bf16" else "no",
@@ -91,6 +95,7 @@ class DPOTrainer:
         self.eval_ref_logps: SequenceLogps | None = None
         self.output_dir = Path(cfg.output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self._writer = None
         self._setup_optimisation()
 
     # ------------------------------------------------------------------------------ set-up
@@ -320,11 +325,28 @@ class DPOTrainer:
         return sum(len(ex.prompt_ids) + len(c) for c in ex.completion_ids)
 
     def log(self, metrics: dict[str, float]) -> None:
+        """Append a row to ``metrics.jsonl`` (and TensorBoard when asked); main process only."""
         if not metrics or not self.accelerator.is_main_process:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        if self.config.tensorboard:
+            writer = self._tensorboard()
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, self.step)
+            writer.flush()
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
+                ) from None
+            self._writer = SummaryWriter(self.output_dir / "tensorboard")
+        return self._writer
 
     # ------------------------------------------------------------------------ evaluate
 
