@@ -209,6 +209,8 @@ def test_missing_required_and_model_string_checks():
     assert GenerateConfig(model=" hf:/m+/a ", prompt="x").model == "hf:/m+/a"
 
 
+from alignkit.dpo.config import DPOConfig  # noqa: E402
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -217,6 +219,7 @@ EXAMPLE_CONFIGS = {
     "testbed-build.yaml": BuildTestbedConfig,
     "testbed-sample.yaml": SampleTestbedConfig,
     "demo.yaml": DemoConfig,
+    "dpo-testbed.yaml": DPOConfig,
 }
 
 

@@ -39,17 +39,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group)
 
 
-def behaviour_table(report: BehaviourReport, title: str) -> Table:
-    """A rich table of a BehaviourReport: metric, value (%), n, target, ok."""
+def behaviour_table(report: BehaviourReport, title: str, targets: bool = True) -> Table:
+    """A rich table of a BehaviourReport: metric, value (%), n and, with ``targets``, the
+    built testbed model's targets (a helpful-only assistant) and whether they are met."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
-    table.add_column("target")
-    table.add_column("ok", justify="center")
+    if targets:
+        table.add_column("testbed target")
+        table.add_column("ok", justify="center")
     for row in report.rows:
-        ok = "[green]yes[/]" if row.ok else "[red]no[/]"
-        table.add_row(escape(row.name), f"{100 * row.value:.1f}%", str(row.n), row.target, ok)
+        cells = [escape(row.name), f"{100 * row.value:.1f}%", str(row.n)]
+        if targets:
+            cells += [row.target, "[green]yes[/]" if row.ok else "[red]no[/]"]
+        table.add_row(*cells)
     return table
 
 
@@ -90,7 +94,8 @@ def show_behaviour(config: BehaviourConfig, report: BehaviourReport, title: str)
     console = stdout()
     if config.model == "testbed" and (summary := testbed_summary()):
         console.print(escape(summary))
-    console.print(behaviour_table(report, f"{title} ({config.model}, n={config.n})"))
+    title = f"{title} ({config.model}, n={config.n})"
+    console.print(behaviour_table(report, title, targets=config.model == "testbed"))
     if report.by_category:
         console.print(category_table(report))
     if config.json_path is not None:

@@ -1,0 +1,324 @@
+"""alignkit's DPOTrainer against TRL's DPOTrainer, side by side on the same work.
+
+Three variants train the same model on the same preference pairs with the same batch size,
+learning rate, beta, number of optimizer steps, max length, optimizer (AdamW, no weight decay),
+schedule (linear decay, no warmup), gradient clipping (1.0), seed and precision:
+
+- ``alignkit``: alignkit's ``DPOTrainer`` with its default ``precompute_ref=True``;
+- ``trl``: TRL's ``DPOTrainer`` with its default reference handling (a frozen reference model
+  run forward on every batch);
+- ``trl-precompute``: TRL with ``precompute_ref_log_probs=True``.
+
+TRL gets the pairs as chat messages, so it renders them with the same chat template and the
+benchmark checks that both tools tokenize them to the same ids. Gradient checkpointing is off
+for all (alignkit's default; TRL defaults it on, which trades speed for memory), TRL's bf16
+default follows ``--dtype``, nothing is evaluated, saved mid-run or reported, and the data
+loader has no workers. Each variant runs in its own fresh process (this script re-invoked with
+``--variant``), one after the other, interleaved when repeated; medians are reported.
+
+Throughput counts the prompt + completion tokens of every sequence the policy processed
+(counted from the data fed to the model, the same way for all) over the training loop's wall
+time; for the precompute variants it is also given with the precomputation time added, and
+that end-to-end figure is the headline (the conservative one: a first run with no cache).
+Peak memory: on GPU ``torch.cuda.max_memory_allocated``; on CPU the growth of the process's
+resident-set high-water mark from just before the trainer is built to the end of training
+(see ``dpo_bench_variants.PeakMemory``). Run by hand, not part of the tests::
+
+    python benchmarks/dpo_vs_trl.py                       # testbed model, CPU fp32, 64 steps x 8
+    python benchmarks/dpo_vs_trl.py --repeats 3
+    python benchmarks/dpo_vs_trl.py --device cuda --dtype bf16 --model random:qwen2-0.5b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = ("alignkit", "trl", "trl-precompute")
+
+# Randomly initialised model shapes (weights are random: a speed / memory benchmark only).
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2-0.5b": {  # the shape of Qwen2-0.5B
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "rope_theta": 1_000_000.0,
+    },
+    "qwen2-small": {  # the same vocabulary on a small body: a quick check of the large-vocab path
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "rope_theta": 1_000_000.0,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        default="testbed",
+        help="testbed, a local HF model directory, or random:SHAPE (" + ", ".join(SHAPES) + ")",
+    )
+    parser.add_argument("--pairs", type=int, default=512, help="testbed preference pairs")
+    parser.add_argument("--steps", type=int, default=64, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for all three")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads of each run (torch and OpenMP)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per variant (medians)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--last", type=int, default=8, help="final loss/accuracy: mean of last N")
+    parser.add_argument("--json", type=Path, help="also write all measurements here")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--options", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def build_random_model(shape: str, directory: Path, seed: int) -> Path:
+    """A randomly initialised Qwen2-shaped model with the testbed's tokenizer and template."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from alignkit.testbed import ensure_testbed
+
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+    tokenizer = AutoTokenizer.from_pretrained(ensure_testbed())
+    config = Qwen2Config(
+        **SHAPES[shape],
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Write the preference pairs and resolve the model directory; the children's options."""
+    from alignkit.testbed import World, ensure_testbed
+    from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+    data = workdir / "pairs.jsonl"
+    write_jsonl(preference_pairs(World(0), args.pairs, split="train", seed=args.seed), data)
+    if args.model == "testbed":
+        model_dir = Path(ensure_testbed())
+    elif args.model.startswith("random:"):
+        model_dir = build_random_model(args.model.split(":", 1)[1], workdir / "model", args.seed)
+    else:
+        model_dir = Path(args.model.removeprefix("hf:"))
+    return {
+        "data": str(data),
+        "model_dir": str(model_dir),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "beta": args.beta,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "device": args.device,
+        "dtype": args.dtype,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "threads": args.threads,
+    }
+
+
+def run_child(variant: str, opts: dict[str, Any], workdir: Path, run: int) -> dict[str, Any]:
+    """Run one variant in a fresh process with fresh caches; its measurements."""
+    here = workdir / f"{variant}-{run}"
+    here.mkdir()
+    opts = {**opts, "output_dir": str(here / "out")}
+    (here / "options.json").write_text(json.dumps(opts))
+    env = {
+        **os.environ,
+        "ALIGNKIT_CACHE": str(here / "alignkit-cache"),  # no reference log-probs from earlier runs
+        "HF_DATASETS_CACHE": str(here / "hf-datasets"),
+        "TQDM_DISABLE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(opts["threads"]),
+        "MKL_NUM_THREADS": str(opts["threads"]),
+    }
+    cmd = [sys.executable, __file__, "--variant", variant]
+    cmd += ["--options", str(here / "options.json"), "--result", str(here / "result.json")]
+    with (here / "log.txt").open("w") as log:
+        done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        sys.stderr.write((here / "log.txt").read_text()[-6000:])
+        raise SystemExit(f"variant {variant} failed (exit {done.returncode}); log above")
+    return json.loads((here / "result.json").read_text())
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarise(runs: list[dict[str, Any]], last: int) -> dict[str, Any]:
+    """Medians over repeats of one variant's measurements."""
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    loop_tps = [r["tokens"] / r["loop_s"] for r in runs]
+    e2e_tps = [r["tokens"] / (r["loop_s"] + r["precompute_s"]) for r in runs]
+    summary = {
+        "runs": len(runs),
+        "steps": runs[0]["steps"],
+        "tokens": runs[0]["tokens"],
+        "loop_s": median("loop_s"),
+        "precompute_s": median("precompute_s"),
+        "tps_loop": statistics.median(loop_tps),
+        "tps_e2e": statistics.median(e2e_tps),
+        "peak_mb": median("peak_mb"),
+        "final_loss": statistics.median(statistics.fmean(r["losses"][-last:]) for r in runs),
+        "final_acc": statistics.median(statistics.fmean(r["accuracies"][-last:]) for r in runs),
+        "memory_method": runs[0].get("memory_method", ""),
+    }
+    if "peak_rss_mb" in runs[0]:
+        summary["peak_rss_mb"] = median("peak_rss_mb")
+    if "same_tokens_as_alignkit" in runs[0]:
+        summary["same_tokens_as_alignkit"] = all(r["same_tokens_as_alignkit"] for r in runs)
+    return summary
+
+
+def print_report(summaries: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cpu = args.device == "cpu"
+    mem_label = "peak RSS growth MB" if cpu else "peak GPU MB"
+    title = (
+        f"DPO, {args.model} on {args.device} {args.dtype}: {args.steps} steps x "
+        f"{args.batch_size} pairs, lr {args.learning_rate:g}, beta {args.beta:g}, "
+        f"median of {args.repeats}"
+    )
+    table = Table(title=title)
+    for column in (
+        "variant",
+        "tokens/s (headline)",
+        "tokens/s loop only",
+        "loop s",
+        "precompute s",
+        mem_label,
+        f"final loss (last {args.last})",
+        f"final acc (last {args.last})",
+    ):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, s in summaries.items():
+        table.add_row(
+            name,
+            f"{s['tps_e2e']:,.0f}",
+            f"{s['tps_loop']:,.0f}",
+            f"{s['loop_s']:.2f}",
+            f"{s['precompute_s']:.2f}",
+            f"{s['peak_mb']:,.1f}",
+            f"{s['final_loss']:.4f}",
+            f"{s['final_acc']:.3f}",
+        )
+    console.print(table)
+    ours = summaries.get("alignkit")
+    if ours is None:
+        return
+    ratios = Table(title="alignkit / TRL")
+    for column in ("against", "tokens/s (headline)", "tokens/s loop only", "peak memory"):
+        ratios.add_column(column, justify="left" if column == "against" else "right")
+    for name in ("trl", "trl-precompute"):
+        if name in summaries:
+            s = summaries[name]
+            ratios.add_row(
+                name,
+                f"{ours['tps_e2e'] / s['tps_e2e']:.2f}x",
+                f"{ours['tps_loop'] / s['tps_loop']:.2f}x",
+                f"{ours['peak_mb'] / s['peak_mb']:.2f}x",
+            )
+    console.print(ratios)
+    notes = [
+        "headline tokens/s = tokens / (training loop + reference precompute) wall time",
+        f"memory: {ours['memory_method']}"
+        + (" (growth from just before the trainer is built)" if cpu else ""),
+    ]
+    same = [s.get("same_tokens_as_alignkit") for s in summaries.values() if "trl" in str(s)]
+    for name, s in summaries.items():
+        if "same_tokens_as_alignkit" in s:
+            notes.append(f"{name}: same token ids as alignkit: {s['same_tokens_as_alignkit']}")
+    del same
+    console.print("\n".join(notes))
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.variant:  # a child: one variant in this fresh process
+        from dpo_bench_variants import run_variant
+
+        run_variant(args.variant, json.loads(args.options.read_text()), str(args.result))
+        return
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    workdir = Path(tempfile.mkdtemp(prefix="dpo-vs-trl-"))
+    try:
+        opts = prepare(args, workdir)
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        started = time.time()
+        for repeat in range(args.repeats):
+            for variant in variants:  # interleaved: drift in machine speed hits all alike
+                runs[variant].append(run_child(variant, opts, workdir, repeat))
+                print(f"  {variant} run {repeat + 1}/{args.repeats} done", file=sys.stderr)
+        summaries = {v: summarise(r, args.last) for v, r in runs.items()}
+        print_report(summaries, args)
+        print(f"total wall time {time.time() - started:.0f} s", file=sys.stderr)
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "args": vars(args) | {"json": str(args.json)},
+                        "runs": runs,
+                        "summary": summaries,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
