@@ -13,8 +13,10 @@ TRL gets the pairs as chat messages, so it renders them with the same chat templ
 benchmark checks that both tools tokenize them to the same ids. Gradient checkpointing is off
 for all (alignkit's default; TRL defaults it on, which trades speed for memory), TRL's bf16
 default follows ``--dtype``, nothing is evaluated, saved mid-run or reported, and the data
-loader has no workers. Each variant runs in its own fresh process (this script re-invoked with
-``--variant``), one after the other, interleaved when repeated; medians are reported.
+loader has no workers. CPU runs use ``--threads`` threads each (default 1: two threads on two
+shared cores collapse when anything else runs). Each variant runs in its own fresh process
+(this script re-invoked with ``--variant``), one after the other, interleaved when repeated;
+medians are reported.
 
 Throughput counts the prompt + completion tokens of every sequence the policy processed
 (counted from the data fed to the model, the same way for all) over the training loop's wall
@@ -24,8 +26,8 @@ Peak memory: on GPU ``torch.cuda.max_memory_allocated``; on CPU the growth of th
 resident-set high-water mark from just before the trainer is built to the end of training
 (see ``dpo_bench_variants.PeakMemory``). Run by hand, not part of the tests::
 
-    python benchmarks/dpo_vs_trl.py                       # testbed model, CPU fp32, 64 steps x 8
-    python benchmarks/dpo_vs_trl.py --repeats 3
+    python benchmarks/dpo_vs_trl.py          # testbed, CPU fp32, 64 steps x 8, median of 3
+    python benchmarks/dpo_vs_trl.py --repeats 1 --markdown --json results.json
     python benchmarks/dpo_vs_trl.py --device cuda --dtype bf16 --model random:qwen2-0.5b
 """
 
@@ -90,10 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads of each run (torch and OpenMP)"
     )
-    parser.add_argument("--repeats", type=int, default=1, help="runs per variant (medians)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (medians)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--last", type=int, default=8, help="final loss/accuracy: mean of last N")
     parser.add_argument("--json", type=Path, help="also write all measurements here")
+    parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--options", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -213,32 +216,26 @@ def summarise(runs: list[dict[str, Any]], last: int) -> dict[str, Any]:
     return summary
 
 
-def print_report(summaries: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+def report_tables(summaries: dict[str, dict[str, Any]], args: argparse.Namespace):
+    """The results table, the ratio table (alignkit / each TRL variant) and notes, as text."""
     cpu = args.device == "cpu"
-    mem_label = "peak RSS growth MB" if cpu else "peak GPU MB"
     title = (
         f"DPO, {args.model} on {args.device} {args.dtype}: {args.steps} steps x "
         f"{args.batch_size} pairs, lr {args.learning_rate:g}, beta {args.beta:g}, "
         f"median of {args.repeats}"
     )
-    table = Table(title=title)
-    for column in (
+    headers = [
         "variant",
-        "tokens/s (headline)",
-        "tokens/s loop only",
+        "tok/s (headline)",
+        "tok/s loop only",
         "loop s",
         "precompute s",
-        mem_label,
+        "peak RSS growth MB" if cpu else "peak GPU MB",
         f"final loss (last {args.last})",
         f"final acc (last {args.last})",
-    ):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for name, s in summaries.items():
-        table.add_row(
+    ]
+    rows = [
+        [
             name,
             f"{s['tps_e2e']:,.0f}",
             f"{s['tps_loop']:,.0f}",
@@ -247,35 +244,60 @@ def print_report(summaries: dict[str, dict[str, Any]], args: argparse.Namespace)
             f"{s['peak_mb']:,.1f}",
             f"{s['final_loss']:.4f}",
             f"{s['final_acc']:.3f}",
-        )
-    console.print(table)
-    ours = summaries.get("alignkit")
-    if ours is None:
-        return
-    ratios = Table(title="alignkit / TRL")
-    for column in ("against", "tokens/s (headline)", "tokens/s loop only", "peak memory"):
-        ratios.add_column(column, justify="left" if column == "against" else "right")
-    for name in ("trl", "trl-precompute"):
-        if name in summaries:
-            s = summaries[name]
-            ratios.add_row(
-                name,
-                f"{ours['tps_e2e'] / s['tps_e2e']:.2f}x",
-                f"{ours['tps_loop'] / s['tps_loop']:.2f}x",
-                f"{ours['peak_mb'] / s['peak_mb']:.2f}x",
-            )
-    console.print(ratios)
-    notes = [
-        "headline tokens/s = tokens / (training loop + reference precompute) wall time",
-        f"memory: {ours['memory_method']}"
-        + (" (growth from just before the trainer is built)" if cpu else ""),
+        ]
+        for name, s in summaries.items()
     ]
-    same = [s.get("same_tokens_as_alignkit") for s in summaries.values() if "trl" in str(s)]
-    for name, s in summaries.items():
-        if "same_tokens_as_alignkit" in s:
-            notes.append(f"{name}: same token ids as alignkit: {s['same_tokens_as_alignkit']}")
-    del same
+    ours = summaries.get("alignkit")
+    ratio_headers = ["alignkit / ...", "tok/s (headline)", "tok/s loop only", "peak memory"]
+    ratio_rows = [
+        [
+            name,
+            f"{ours['tps_e2e'] / s['tps_e2e']:.2f}x",
+            f"{ours['tps_loop'] / s['tps_loop']:.2f}x",
+            f"{ours['peak_mb'] / s['peak_mb']:.2f}x",
+        ]
+        for name, s in summaries.items()
+        if ours is not None and name != "alignkit"
+    ]
+    first = next(iter(summaries.values()))
+    notes = [
+        "headline tok/s = tokens / (training loop + reference precomputation) wall time",
+        f"tokens per run: {first['tokens']:,} (prompt + completion of every sequence)",
+        f"memory: {first['memory_method']}"
+        + (", growth from just before the trainer is built" if cpu else ""),
+    ]
+    notes += [
+        f"{name}: same token ids as alignkit: {s['same_tokens_as_alignkit']}"
+        for name, s in summaries.items()
+        if "same_tokens_as_alignkit" in s
+    ]
+    return title, (headers, rows), (ratio_headers, ratio_rows), notes
+
+
+def print_report(summaries: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    """Print the tables with rich (and as Markdown with ``--markdown``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    title, main_table, ratio_table, notes = report_tables(summaries, args)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    for caption, (headers, rows) in ((title, main_table), ("", ratio_table)):
+        if not rows:
+            continue
+        table = Table(title=caption or None)
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     console.print("\n".join(notes))
+    if args.markdown:
+        print(f"\n{title}\n")
+        for headers, rows in (main_table, ratio_table):
+            if rows:
+                print("| " + " | ".join(headers) + " |")
+                print("|" + " --- |" * len(headers))
+                print("\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n")
 
 
 # -------------------------------------------------------------------------------- main
@@ -299,8 +321,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         for repeat in range(args.repeats):
             for variant in variants:  # interleaved: drift in machine speed hits all alike
-                runs[variant].append(run_child(variant, opts, workdir, repeat))
-                print(f"  {variant} run {repeat + 1}/{args.repeats} done", file=sys.stderr)
+                result = run_child(variant, opts, workdir, repeat)
+                runs[variant].append(result)
+                print(
+                    f"  {variant} run {repeat + 1}/{args.repeats}: "
+                    f"{result['tokens'] / result['loop_s']:,.0f} tok/s in the loop, "
+                    f"precompute {result['precompute_s']:.2f} s, peak {result['peak_mb']:,.1f} MB",
+                    file=sys.stderr,
+                )
         summaries = {v: summarise(r, args.last) for v, r in runs.items()}
         print_report(summaries, args)
         print(f"total wall time {time.time() - started:.0f} s", file=sys.stderr)
