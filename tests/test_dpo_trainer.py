@@ -192,3 +192,19 @@ def test_pipeline_runs_sft_first(prefs, tmp_path):
     ).run()
     assert (tmp_path / "sft" / "config.json").exists()
     assert result.model_path == tmp_path / "final" and (result.model_path / "config.json").exists()
+
+
+def test_precomputed_reference_is_in_dataset_order(prefs, tmp_path, monkeypatch, testbed_path):
+    """Precompute batches by length; results must still line up with the examples."""
+    from alignkit.dpo.reference import precompute_reference
+
+    trainer = DPOTrainer(f"hf:{testbed_path}", DPOConfig(data=prefs["train"], **FAST))
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))  # a fresh cache for the log-probs
+    items = [trainer.train_dataset[i] for i in range(20)]
+    cached = precompute_reference(trainer.model, items, batch_size=4, pad_id=trainer.pad_id)
+    with torch.no_grad():
+        direct = get_log_probs(trainer.model, items, trainer.pad_id)
+    assert torch.allclose(cached.logps, direct.logps, atol=1e-4)
+    again = precompute_reference(trainer.model, items, batch_size=4, pad_id=trainer.pad_id)
+    assert torch.equal(again.logps, cached.logps)  # served from the disk cache
+    assert list((tmp_path / "ref_logps").glob("*.safetensors"))

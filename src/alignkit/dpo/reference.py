@@ -66,8 +66,14 @@ def precompute_reference(
     reference.eval()
     parts: list[SequenceLogps] = []
     width = max(len(ex.completion_ids) for ex in examples)
+    # batches of similar length (little padding); results go back to dataset order below
+    order = sorted(
+        range(len(examples)),
+        key=lambda i: len(examples[i].prompt_ids) + max(map(len, examples[i].completion_ids)),
+    )
     for start in range(0, len(examples), batch_size):
-        part = get_ref_log_probs(reference, examples[start : start + batch_size], pad_id)
+        batch = [examples[i] for i in order[start : start + batch_size]]
+        part = get_ref_log_probs(reference, batch, pad_id)
         pad = width - part.logps.shape[1]
         parts.append(
             SequenceLogps(
@@ -76,10 +82,12 @@ def precompute_reference(
             )
         )
         if progress is not None:
-            progress(len(examples[start : start + batch_size]))
+            progress(len(batch))
     reference.train(was_training)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
     result = SequenceLogps(
-        torch.cat([p.logps for p in parts]), torch.cat([p.tokens for p in parts])
+        torch.cat([p.logps for p in parts])[inverse], torch.cat([p.tokens for p in parts])[inverse]
     )
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
