@@ -19,7 +19,7 @@ from alignkit.models import (
     load_backend,
     score,
 )
-from alignkit.models.hf import PLAIN_STOP, HFBackend, _pad
+from alignkit.models.hf import PLAIN_STOP, HFBackend, pad_token_ids
 
 GREEDY = GenerationConfig(max_new_tokens=16, temperature=0)
 PROMPTS = [
@@ -213,10 +213,10 @@ def test_plain_template_adds_the_user_turn_stop(dirs, chatml):
 
 
 def test_left_padding():
-    ids, mask = _pad([[5, 6, 7], [8]], pad_id=0, left=True)
+    ids, mask = pad_token_ids([[5, 6, 7], [8]], pad_id=0, left=True)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    ids, mask = _pad([[5, 6, 7], [8]], pad_id=0, left=False)
+    ids, mask = pad_token_ids([[5, 6, 7], [8]], pad_id=0, left=False)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
 
 

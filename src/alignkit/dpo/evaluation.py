@@ -13,6 +13,7 @@ import torch
 
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.steps import StepResult, preference_step
+from alignkit.models.hf import pad_token_ids
 
 
 @dataclass
@@ -49,13 +50,9 @@ def sample_completions(
     seed: int = 0,
 ) -> list[_Sampled]:
     """Sample one completion per prompt (token ids, ending with the end token if reached)."""
-    width = max(len(p) for p in prompts)
     device = next(model.parameters()).device
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
+    ids, mask = pad_token_ids(prompts, pad_id, left=True)
+    width = ids.shape[1]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         out = model.generate(

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from alignkit.models.hf import pad_token_ids
+
 
 @dataclass
 class SequenceLogps:
@@ -115,13 +117,8 @@ def get_log_probs(model, examples: Sequence[Any], pad_id: int = 0) -> SequenceLo
     ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable."""
     device = next(model.parameters()).device
     rows, lengths, where = batch_rows(examples)
-    width = max(len(r) for r in rows)
     keep = max(lengths) + 1
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+    ids, mask = pad_token_ids(rows, pad_id, left=True)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     kwargs = {}

@@ -26,22 +26,15 @@ class PipelineResult:
 
 def supervised_finetune(config: DPOConfig, out: Path) -> Path:
     """Fine-tune ``config.model`` on the chosen (best) responses of ``config.data``."""
-    from alignkit.data import DPODataset
     from alignkit.dpo.batching import epoch_batches
     from alignkit.dpo.forward import get_log_probs
     from alignkit.dpo.model_io import load_policy
+    from alignkit.dpo.trainer import preference_dataset
     from alignkit.progress import training_progress
 
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config)
-    dataset = DPODataset.from_file(
-        config.data,
-        tokenizer,
-        max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length,
-        truncation_mode=config.truncation_mode,
-        on_bad_record=config.on_bad_record,
-    )
+    dataset = preference_dataset(config, config.data, tokenizer)
     lengths = [
         len(dataset[i].prompt_ids) + len(dataset[i].completion_ids[0]) for i in range(len(dataset))
     ]

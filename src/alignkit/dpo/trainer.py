@@ -36,6 +36,20 @@ from alignkit.dpo.steps import StepResult, preference_step
 from alignkit.errors import AlignkitError, ConfigError
 
 
+def preference_dataset(config: DPOConfig, path, tokenizer):
+    """The tokenized preference data at ``path`` with ``config``'s lengths and bad-record rule."""
+    from alignkit.data import DPODataset
+
+    return DPODataset.from_file(
+        path,
+        tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        truncation_mode=config.truncation_mode,
+        on_bad_record=config.on_bad_record,
+    )
+
+
 class TrainingError(AlignkitError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
@@ -108,21 +122,11 @@ class DPOTrainer:
         check_config(get_loss(self.config.loss_type), self.config.beta, smoothing, params)
 
     def _dataset(self, path, required: bool = True):
-        from alignkit.data import DPODataset
-
         if path is None:
             if required:
                 raise ConfigError("no training data: set data (--data FILE)")
             return None
-        cfg = self.config
-        return DPODataset.from_file(
-            path,
-            self.tokenizer,
-            max_length=cfg.max_length,
-            max_prompt_length=cfg.max_prompt_length,
-            truncation_mode=cfg.truncation_mode,
-            on_bad_record=cfg.on_bad_record,
-        )
+        return preference_dataset(self.config, path, self.tokenizer)
 
     def _with_adapter(self, model):
         cfg = self.config

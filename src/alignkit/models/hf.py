@@ -78,7 +78,9 @@ class _StopOnStrings(StoppingCriteria):
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
 
 
-def _pad(seqs: Sequence[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_ids(
+    seqs: Sequence[list[int]], pad_id: int, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists to one ``[batch, max_len]`` tensor; return ``(ids, attention_mask)``."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -267,7 +269,7 @@ class HFBackend:
         rest go on without recomputing anything: a batch costs what its live rows cost, not
         what its longest row costs (completion lengths often differ tenfold).
         """
-        ids, mask = _pad(encoded, self.pad_id, left=True)
+        ids, mask = pad_token_ids(encoded, self.pad_id, left=True)
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
         generated: list[list[int]] = [[] for _ in encoded]
@@ -412,7 +414,7 @@ class HFBackend:
 
     def _logprobs_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TokenLogprobs]:
         """Score one right-padded batch of (prompt ids, completion ids)."""
-        ids, mask = _pad([p + c for p, c in pairs], self.pad_id, left=False)
+        ids, mask = pad_token_ids([p + c for p, c in pairs], self.pad_id, left=False)
         with torch.inference_mode():
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
