@@ -86,6 +86,23 @@ class LoadReport:
         self.skipped[reason] += 1
         self._note(reason, source)
 
+    def parse(self, record: Any, source: str, on_bad_record: OnBadRecord, parse):
+        """``parse(record, source)``, counting the record as read.
+
+        A bad record (a :class:`BadRecord` read error, or one ``parse`` raises) is raised again,
+        or with ``on_bad_record="skip"`` counted as skipped and ``None`` returned.
+        """
+        self.read += 1
+        try:
+            if isinstance(record, BadRecord):
+                raise record
+            return parse(record, source)
+        except BadRecord as err:
+            if on_bad_record == "error":
+                raise err from None
+            self.skip(err.reason, source)
+            return None
+
     def drop(self, reason: str, source: str) -> None:
         """Count a loaded record removed later (while tokenizing)."""
         self.dropped[reason] += 1
@@ -304,16 +321,10 @@ def _collect(
 ) -> list[PreferenceExample]:
     examples = []
     for source, record in items:
-        report.read += 1
-        try:
-            if isinstance(record, BadRecord):
-                raise record
-            example, layout, notes = parse_record(record, source)
-        except BadRecord as err:
-            if on_bad_record == "error":
-                raise err from None
-            report.skip(err.reason, source)
+        parsed = report.parse(record, source, on_bad_record, parse_record)
+        if parsed is None:
             continue
+        example, layout, notes = parsed
         report.loaded += 1
         report.formats[layout] += 1
         report.adjusted.update(notes)
