@@ -21,3 +21,34 @@ def testbed_backend(testbed_path):
     backend = load_backend("testbed", batch_size=64)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def dpo_trained(tmp_path_factory, testbed_path):
+    """The testbed model after DPO on testbed preference pairs (150 steps, about 20 s).
+
+    Returns ``(trainer, metrics, root)``: ``root`` holds ``train.jsonl``, ``eval.jsonl``
+    (held-out pairs) and ``run/``; the trained model is saved in ``root / "model"``.
+    """
+    from alignkit.dpo import DPOConfig, DPOTrainer
+    from alignkit.testbed import World
+    from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+    root = tmp_path_factory.mktemp("dpo-trained")
+    write_jsonl(preference_pairs(World(0), 512, split="train", seed=0), root / "train.jsonl")
+    write_jsonl(preference_pairs(World(0), 64, split="heldout", seed=1), root / "eval.jsonl")
+    config = DPOConfig(
+        data=root / "train.jsonl",
+        eval_data=root / "eval.jsonl",
+        output_dir=root / "run",
+        max_steps=150,
+        batch_size=16,
+        learning_rate=5e-4,
+        beta=0.1,
+        kl_samples=32,
+        device="cpu",
+    )
+    trainer = DPOTrainer(f"hf:{testbed_path}", config)
+    metrics = trainer.train()
+    trainer.save_model(root / "model")
+    return trainer, metrics, root

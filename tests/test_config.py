@@ -210,6 +210,7 @@ def test_missing_required_and_model_string_checks():
 
 
 from alignkit.dpo.config import DPOConfig  # noqa: E402
+from alignkit.evaluation.config import EvalConfig  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -220,6 +221,7 @@ EXAMPLE_CONFIGS = {
     "testbed-sample.yaml": SampleTestbedConfig,
     "demo.yaml": DemoConfig,
     "dpo-testbed.yaml": DPOConfig,
+    "eval-testbed.yaml": EvalConfig,
 }
 
 

@@ -10,30 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from alignkit.dpo import DPOConfig, DPOTrainer
 from alignkit.models.hf import HFBackend
-from alignkit.testbed import World, measure_behaviour
-from alignkit.testbed.preferences import preference_pairs, write_jsonl
+from alignkit.testbed import measure_behaviour
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, testbed_path):
-    root = tmp_path_factory.mktemp("dpo-effect")
-    write_jsonl(preference_pairs(World(0), 512, split="train", seed=0), root / "train.jsonl")
-    write_jsonl(preference_pairs(World(0), 64, split="heldout", seed=1), root / "eval.jsonl")
-    config = DPOConfig(
-        data=root / "train.jsonl",
-        eval_data=root / "eval.jsonl",
-        output_dir=root / "run",
-        max_steps=150,
-        batch_size=16,
-        learning_rate=5e-4,
-        beta=0.1,
-        kl_samples=32,
-        device="cpu",
-    )
-    trainer = DPOTrainer(f"hf:{testbed_path}", config)
-    metrics = trainer.train()
+def trained(dpo_trained):
+    trainer, metrics, _ = dpo_trained
     return trainer, metrics
 
 

@@ -159,8 +159,9 @@ def make_tiny_model(
 def make_tiny_encoder(directory: str | Path, seed: int = 0) -> Path:
     """Save a tiny BERT sequence classifier (an encoder, not a causal LM) to ``directory``."""
     directory = Path(directory)
+    tokenizer = build_tokenizer(add_bos=True)
     config = BertConfig(
-        vocab_size=len(SPECIAL_TOKENS) + 300,
+        vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -169,7 +170,7 @@ def make_tiny_encoder(directory: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(directory)
-    build_tokenizer(add_bos=True).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 

@@ -43,6 +43,12 @@ _LAZY = {
     "get_ref_log_probs": "alignkit.dpo",
     "DPODataset": "alignkit.data",
     "load_preferences": "alignkit.data",
+    "AlignmentEvaluator": "alignkit.evaluation",
+    "AlignmentReportGenerator": "alignkit.evaluation",
+    "EvalConfig": "alignkit.evaluation",
+    "MultiObjectiveAlignmentEvaluator": "alignkit.evaluation",
+    "PreferenceAlignmentEvaluator": "alignkit.evaluation",
+    "generate_alignment_report": "alignkit.evaluation",
 }
 
 
@@ -60,6 +66,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AlignmentEvaluator",
+    "AlignmentReportGenerator",
+    "EvalConfig",
+    "MultiObjectiveAlignmentEvaluator",
+    "PreferenceAlignmentEvaluator",
+    "generate_alignment_report",
     "AdaptiveDPO",
     "DPOConfig",
     "DPODataset",

@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
@@ -57,6 +57,8 @@ class CliOption:
 def _cli_type(annotation: Any, name: str) -> tuple[Any, type[enum.Enum] | None] | None:
     """The type typer should parse for ``annotation`` (and its choices enum), or None."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # e.g. an optional ModelString: the validators stay with pydantic
+        return _cli_type(args[0], name)
     if origin in (Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         inner = _cli_type(rest[0], name) if len(rest) == 1 else None

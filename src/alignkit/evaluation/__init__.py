@@ -1,0 +1,43 @@
+"""Evaluation: helpful / harmless / honest scores with confidence intervals, preference win
+rates, implicit-reward accuracy, KL, multiple choice, Pareto analysis, and reports.
+
+The submodules load torch only when a model does; names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {
+    "AlignmentEvaluator": "alignment",
+    "AlignmentResult": "alignment",
+    "PreferenceAlignmentEvaluator": "preference",
+    "PreferenceResult": "preference",
+    "MultiObjectiveAlignmentEvaluator": "multi_objective",
+    "MultiObjectiveResult": "multi_objective",
+    "AlignmentReportGenerator": "report",
+    "generate_alignment_report": "report",
+    "compare_runs": "compare",
+    "evaluate_multiple_choice": "multiple_choice",
+    "load_multiple_choice": "multiple_choice",
+    "EvalConfig": "config",
+    "EvalItem": "suites",
+    "load_suite": "suites",
+    "SCORERS": "scorers",
+    "register_scorer": "scorers",
+    "Estimate": "stats",
+    "bootstrap_ci": "stats",
+    "paired_bootstrap": "stats",
+    "length_controlled_win_rate": "stats",
+    "pareto_front": "pareto",
+    "hypervolume": "pareto",
+}
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'alignkit.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"alignkit.evaluation.{_NAMES[name]}"), name)
+
+
+__all__ = sorted(_NAMES)
