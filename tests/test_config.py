@@ -211,6 +211,7 @@ def test_missing_required_and_model_string_checks():
 
 from alignkit.dpo.config import DPOConfig  # noqa: E402
 from alignkit.evaluation.config import EvalConfig  # noqa: E402
+from alignkit.redteam.config import RedTeamConfig  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -222,6 +223,7 @@ EXAMPLE_CONFIGS = {
     "demo.yaml": DemoConfig,
     "dpo-testbed.yaml": DPOConfig,
     "eval-testbed.yaml": EvalConfig,
+    "redteam-testbed.yaml": RedTeamConfig,
 }
 
 

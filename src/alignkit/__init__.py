@@ -49,6 +49,10 @@ _LAZY = {
     "MultiObjectiveAlignmentEvaluator": "alignkit.evaluation",
     "PreferenceAlignmentEvaluator": "alignkit.evaluation",
     "generate_alignment_report": "alignkit.evaluation",
+    "GradientBasedRedTeaming": "alignkit.redteam",
+    "MultiObjectiveRedTeaming": "alignkit.redteam",
+    "RedTeaming": "alignkit.redteam",
+    "RedTeamingEvaluator": "alignkit.redteam",
 }
 
 
@@ -66,6 +70,10 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "GradientBasedRedTeaming",
+    "MultiObjectiveRedTeaming",
+    "RedTeaming",
+    "RedTeamingEvaluator",
     "AlignmentEvaluator",
     "AlignmentReportGenerator",
     "EvalConfig",

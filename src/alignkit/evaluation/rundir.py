@@ -25,7 +25,14 @@ JSON_FILES = {
     "mc": "mc.json",
     "redteam": "redteam.json",
 }
-RESULT_FILES = ("eval.json", "preference.json", "multi_objective.json", "mc.json", "metrics.jsonl")
+RESULT_FILES = (
+    "eval.json",
+    "preference.json",
+    "multi_objective.json",
+    "mc.json",
+    "metrics.jsonl",
+    "redteam.json",
+)
 ESTIMATE_KEYS = ("value", "low", "high", "n")
 
 
@@ -187,7 +194,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if not present.intersection(RESULT_FILES):
         raise DataError(
             f"run directory {str(path)!r} has none of {', '.join(RESULT_FILES)}; "
-            "is it the output of 'alignkit eval' or 'alignkit dpo'?"
+            "is it the output of 'alignkit eval', 'alignkit dpo' or 'alignkit redteam run'?"
         )
     run = RunData(path=path)
     for name, filename in JSON_FILES.items():

@@ -133,6 +133,7 @@ def overview_section(run: RunData, prefix: str = "") -> Section:
         n for n in ("eval", "preference", "multi_objective", "mc", "redteam") if getattr(run, n)
     ]
     facts.append(("results", ", ".join(files + (["training log"] if run.training else []))))
+    facts = [f for f in facts if f[1] != "n/a"]  # a red-team or training run has no eval facts
     section.tables.append(Table("", ["", ""], [list(f) for f in facts], align_numbers=False))
     return section
 
@@ -341,26 +342,6 @@ def _example(row: Any, number: int) -> Example:
     )
 
 
-def redteam_section(run: RunData, prefix: str = "") -> Section | None:
-    """Attack success rate per attack, and example attacks with the model's responses."""
-    rt = run.redteam
-    if not rt:
-        return None
-    section = _section("Red team", prefix)
-    asr = rt.get("asr") or {}
-    rows = [[name, *estimate_cells(estimate)] for name, estimate in asr.items()]
-    section.tables.append(Table("Attack success rate", ["attack", *ESTIMATE_COLUMNS], rows))
-    section.attach(
-        "Attack success rate",
-        plots.estimate_bars(
-            asr, "Attack success rate (lower is better)", xlabel="ASR", lower_is_better=True
-        ),
-    )
-    examples = rt.get("examples") or []
-    section.examples = [_example(row, i) for i, row in enumerate(examples[:MAX_EXAMPLES], start=1)]
-    return section
-
-
 def training_section(run: RunData, prefix: str = "") -> Section | None:
     """Training curves of metrics.jsonl and first / last / best value of each logged figure."""
     if not run.training:
@@ -466,6 +447,8 @@ def comparison_section(comparison: Comparison) -> Section:
 
 def run_sections(run: RunData, prefix: str = "") -> list[Section]:
     """Every section a run directory has data for, in report order."""
+    from alignkit.evaluation.redteam_section import redteam_section
+
     built = [
         overview_section(run, prefix),
         eval_section(run, prefix),

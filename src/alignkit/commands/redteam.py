@@ -1,0 +1,110 @@
+"""``alignkit redteam run | report | export``: resumable red-team campaigns and their results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from alignkit.commands._console import print_note, stdout
+from alignkit.commands._options import config_command
+from alignkit.redteam.config import RedTeamConfig
+
+group = typer.Typer(
+    name="redteam",
+    help="Red teaming: attacks x behaviours against a target, judged, stored, reported.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``redteam`` command group to ``app``."""
+    app.add_typer(group)
+
+
+def _ci(e: dict) -> str:
+    if e.get("value") is None:
+        return "n/a"
+    return f"{e['value']:.1%} [{e['low']:.1%}, {e['high']:.1%}]"
+
+
+def asr_table(results: dict) -> Table:
+    """ASR per attack with CIs, queries per success and diversity."""
+    table = Table(title="attack success rate (per behaviour)", title_justify="left")
+    for column in ("attack", "ASR [95% CI]", "behaviours", "queries / success", "self-BLEU"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    qps, div = results["queries_per_success"], results["diversity_self_bleu"]
+    for attack, estimate in results["asr"].items():
+        q, d = qps.get(attack), div.get(attack)
+        table.add_row(
+            attack,
+            _ci(estimate),
+            str(estimate["n"]),
+            "" if q is None else f"{q:.1f}",
+            "" if d is None else f"{d:.2f}",
+        )
+    return table
+
+
+def _print_results(results: dict) -> None:
+    out = stdout()
+    out.print(asr_table(results))
+    for judge, stats in results["judge_agreement"].items():
+        print_note(f"judge {judge}: {stats['agreement']:.1%} agreement with ground truth "
+                   f"(n={stats['n']})")  # fmt: skip
+
+
+@config_command(group, "run", RedTeamConfig)
+def run(config: RedTeamConfig) -> None:
+    """Run or resume a campaign (store: OUTPUT_DIR/campaign.sqlite), then report."""
+    from alignkit.redteam.run import run_campaign
+
+    result = run_campaign(config)
+    if result.summary is not None:
+        s = result.summary
+        print_note(
+            f"this run: {s.attempts} attempts in {s.rounds} rounds, {s.successes} successes, "
+            f"{s.errors} target errors; stopped: {s.stopped}; store holds {s.total_attempts}"
+        )
+    if result.qd is not None:
+        print_note(f"quality-diversity coverage: {result.qd.coverage:.1%}")
+    _print_results(result.results)
+    for kind, path in result.report.items():
+        print_note(f"report ({kind}): {path}")
+
+
+RunDir = Annotated[Path, typer.Argument(help="A campaign's output directory.")]
+
+
+def _store(run_dir: Path):
+    from alignkit.redteam.store import CampaignStore
+
+    return CampaignStore(Path(run_dir) / "campaign.sqlite", create=False)
+
+
+@group.command("report")
+def report(run_dir: RunDir) -> None:
+    """Summarise a campaign: redteam.json, report.html / .md / .json in RUN_DIR."""
+    from alignkit.evaluation.report import generate_alignment_report
+    from alignkit.redteam.evaluator import RedTeamingEvaluator
+
+    evaluator = RedTeamingEvaluator(_store(run_dir))
+    evaluator.save(run_dir)
+    _print_results(evaluator.to_dict())
+    for kind, path in generate_alignment_report(run_dir).items():
+        print_note(f"report ({kind}): {path}")
+
+
+@group.command("export")
+def export(
+    run_dir: RunDir,
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed for choosing refusal texts.")] = 0,
+) -> None:
+    """Export successful attacks as preference pairs (refusal chosen over compliance)."""
+    from alignkit.redteam.evaluator import RedTeamingEvaluator
+
+    count = RedTeamingEvaluator(_store(run_dir)).export_preferences(output, seed=seed)
+    print_note(f"wrote {count} preference pairs to {output}")
