@@ -53,6 +53,9 @@ _LAZY = {
     "MultiObjectiveRedTeaming": "alignkit.redteam",
     "RedTeaming": "alignkit.redteam",
     "RedTeamingEvaluator": "alignkit.redteam",
+    "ConstitutionalAI": "alignkit.constitutional",
+    "IterativeConstitutionalAI": "alignkit.constitutional",
+    "MultiAgentConstitutionalAI": "alignkit.constitutional",
 }
 
 
@@ -70,6 +73,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ConstitutionalAI",
+    "IterativeConstitutionalAI",
+    "MultiAgentConstitutionalAI",
     "GradientBasedRedTeaming",
     "MultiObjectiveRedTeaming",
     "RedTeaming",

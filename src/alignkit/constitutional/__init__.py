@@ -1,0 +1,36 @@
+"""Constitutional AI: principles, critique-and-revise loops (single, iterative, multi-agent),
+and AI feedback (RLAIF preference labels).
+
+Names are imported on first use, so importing the package loads no model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {
+    "Principle": "constitution",
+    "Constitution": "constitution",
+    "load_constitution": "constitution",
+    "default_constitution": "constitution",
+    "CAIRecord": "critique",
+    "ConstitutionalAI": "critique",
+    "IterativeConstitutionalAI": "critique",
+    "MultiAgentConstitutionalAI": "critique",
+    "is_no_change": "critique",
+    "write_records": "critique",
+    "AIFeedback": "feedback",
+    "FeedbackLabel": "feedback",
+    "position_bias": "feedback",
+    "to_preference_records": "feedback",
+    "write_preferences": "feedback",
+}
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'alignkit.constitutional' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"alignkit.constitutional.{_NAMES[name]}"), name)
+
+
+__all__ = sorted(_NAMES)
