@@ -42,6 +42,15 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b).ratio()
 
 
+def as_backend(model: ModelBackend | str) -> ModelBackend:
+    """A backend, loading a model string (``testbed``, ``hf:PATH``, ``openai:M@URL``) if given."""
+    if not isinstance(model, str):
+        return model
+    from alignkit.models import load_backend
+
+    return load_backend(model)
+
+
 @dataclass
 class CAIStep:
     """One critique (and, unless the response was left alone, one revision) of one prompt."""
@@ -131,7 +140,7 @@ class ConstitutionalAI:
 
     def __init__(
         self,
-        model: ModelBackend,
+        model: ModelBackend | str,
         constitution: Constitution | None = None,
         rounds: int = 1,
         seed: int = 0,
@@ -140,7 +149,7 @@ class ConstitutionalAI:
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be at least 1, got {rounds}")
-        self.model = model
+        self.model = as_backend(model)
         self.constitution = constitution or default_constitution()
         self.rounds = rounds
         self.seed = seed
@@ -225,7 +234,7 @@ class IterativeConstitutionalAI(ConstitutionalAI):
 
     def __init__(
         self,
-        model: ModelBackend,
+        model: ModelBackend | str,
         constitution: Constitution | None = None,
         max_rounds: int = 4,
         similarity_threshold: float = 0.95,
@@ -304,9 +313,9 @@ class MultiAgentConstitutionalAI(ConstitutionalAI):
 
     def __init__(
         self,
-        generator: ModelBackend,
-        critics: Sequence[ModelBackend],
-        reviser: ModelBackend,
+        generator: ModelBackend | str,
+        critics: Sequence[ModelBackend | str],
+        reviser: ModelBackend | str,
         constitution: Constitution | None = None,
         aggregation: Literal["union", "majority"] = "union",
         rounds: int = 1,
@@ -320,8 +329,8 @@ class MultiAgentConstitutionalAI(ConstitutionalAI):
             raise ConfigError("MultiAgentConstitutionalAI needs at least one critic")
         if aggregation not in ("union", "majority"):
             raise ConfigError(f"aggregation must be 'union' or 'majority', got {aggregation!r}")
-        self.critics = list(critics)
-        self._reviser = reviser
+        self.critics = [as_backend(c) for c in critics]
+        self._reviser = as_backend(reviser)
         self.aggregation = aggregation
         self.no_change_phrases = tuple(no_change_phrases)
 
