@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from alignkit._lazy import lazy_exports
 from alignkit.config import CommandConfig, dump_config, load_config
 from alignkit.errors import (
     AlignkitError,
@@ -34,37 +35,32 @@ from alignkit.models import (
 
 # The training stages load torch; they are imported on first use (PEP 562).
 _LAZY = {
-    "AdaptiveDPO": "alignkit.dpo",
-    "DPOConfig": "alignkit.dpo",
-    "DPOPipeline": "alignkit.dpo",
-    "DPOTrainer": "alignkit.dpo",
-    "dpo_loss": "alignkit.dpo",
-    "get_log_probs": "alignkit.dpo",
-    "get_ref_log_probs": "alignkit.dpo",
-    "DPODataset": "alignkit.data",
-    "load_preferences": "alignkit.data",
-    "AlignmentEvaluator": "alignkit.evaluation",
-    "AlignmentReportGenerator": "alignkit.evaluation",
-    "EvalConfig": "alignkit.evaluation",
-    "MultiObjectiveAlignmentEvaluator": "alignkit.evaluation",
-    "PreferenceAlignmentEvaluator": "alignkit.evaluation",
-    "generate_alignment_report": "alignkit.evaluation",
-    "GradientBasedRedTeaming": "alignkit.redteam",
-    "MultiObjectiveRedTeaming": "alignkit.redteam",
-    "RedTeaming": "alignkit.redteam",
-    "RedTeamingEvaluator": "alignkit.redteam",
-    "ConstitutionalAI": "alignkit.constitutional",
-    "IterativeConstitutionalAI": "alignkit.constitutional",
-    "MultiAgentConstitutionalAI": "alignkit.constitutional",
+    "AdaptiveDPO": "dpo",
+    "DPOConfig": "dpo",
+    "DPOPipeline": "dpo",
+    "DPOTrainer": "dpo",
+    "dpo_loss": "dpo",
+    "get_log_probs": "dpo",
+    "get_ref_log_probs": "dpo",
+    "DPODataset": "data",
+    "load_preferences": "data",
+    "AlignmentEvaluator": "evaluation",
+    "AlignmentReportGenerator": "evaluation",
+    "EvalConfig": "evaluation",
+    "MultiObjectiveAlignmentEvaluator": "evaluation",
+    "PreferenceAlignmentEvaluator": "evaluation",
+    "generate_alignment_report": "evaluation",
+    "GradientBasedRedTeaming": "redteam",
+    "MultiObjectiveRedTeaming": "redteam",
+    "RedTeaming": "redteam",
+    "RedTeamingEvaluator": "redteam",
+    "ConstitutionalAI": "constitutional",
+    "IterativeConstitutionalAI": "constitutional",
+    "MultiAgentConstitutionalAI": "constitutional",
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'alignkit' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 try:

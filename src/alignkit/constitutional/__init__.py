@@ -6,7 +6,7 @@ Names are imported on first use, so importing the package loads no model code.
 
 from __future__ import annotations
 
-import importlib
+from alignkit._lazy import lazy_exports
 
 _NAMES = {
     "Principle": "constitution",
@@ -27,10 +27,7 @@ _NAMES = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'alignkit.constitutional' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"alignkit.constitutional.{_NAMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _NAMES)
 
 
 __all__ = sorted(_NAMES)

@@ -7,7 +7,7 @@ of torch.
 
 from __future__ import annotations
 
-import importlib
+from alignkit._lazy import lazy_exports
 
 _EXPORTS = {
     "AdaptiveDPO": "adaptive",
@@ -28,7 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'alignkit.dpo' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"alignkit.dpo.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ The submodules load torch only when a model does; names are imported on first us
 
 from __future__ import annotations
 
-import importlib
+from alignkit._lazy import lazy_exports
 
 _NAMES = {
     "AlignmentEvaluator": "alignment",
@@ -34,10 +34,7 @@ _NAMES = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'alignkit.evaluation' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"alignkit.evaluation.{_NAMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _NAMES)
 
 
 __all__ = sorted(_NAMES)

@@ -4,7 +4,7 @@ model does)."""
 
 from __future__ import annotations
 
-import importlib
+from alignkit._lazy import lazy_exports
 
 _NAMES = {
     "Attack": "base",
@@ -36,10 +36,7 @@ _NAMES = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module 'alignkit.redteam' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"alignkit.redteam.{_NAMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _NAMES)
 
 
 __all__ = sorted(_NAMES)
