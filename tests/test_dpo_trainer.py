@@ -37,7 +37,7 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_get_log_probs_equals_one_row_at_a_time(prefs):
-    """Left-padded, batched, logits only where completions are == a plain unpadded forward."""
+    """Padded, batched, logits only where completions are == a plain unpadded forward."""
     trainer = DPOTrainer("testbed", DPOConfig(data=prefs["train"], **FAST))
     items = [trainer.train_dataset[i] for i in range(6)]
     batched = get_log_probs(trainer.model, items, trainer.pad_id)
@@ -49,6 +49,28 @@ def test_get_log_probs_equals_one_row_at_a_time(prefs):
             total = logps.gather(1, torch.tensor(completion).unsqueeze(1)).sum()
             assert batched.logps[b, k].item() == pytest.approx(total.item(), abs=1e-4)
             assert batched.tokens[b, k] == len(completion)
+
+
+def test_get_log_probs_never_sends_a_fully_masked_query_row(prefs):
+    """Every position attends to at least one real token (right padding): CUDA's memory-efficient
+    attention gives NaN gradients for fully masked rows, which left padding creates."""
+    trainer = DPOTrainer("testbed", DPOConfig(data=prefs["train"], **FAST))
+    items = [trainer.train_dataset[i] for i in range(16)]
+    lengths = {len(ex.prompt_ids) + len(c) for ex in items for c in ex.completion_ids}
+    assert len(lengths) > 1  # the batch does need padding
+    seen = []
+
+    def record(_module, _args, kwargs):
+        seen.append(kwargs["attention_mask"])
+
+    handle = trainer.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        get_log_probs(trainer.model, items, trainer.pad_id)
+    finally:
+        handle.remove()
+    (mask,) = seen
+    assert bool((mask[:, 0] == 1).all())  # causal: position 0 sees itself, so every row sees one
+    assert bool((mask[:, :-1] >= mask[:, 1:]).all())  # pads only after the real tokens
 
 
 def test_resume_after_kill_gives_the_same_weights(prefs, tmp_path):

@@ -114,11 +114,21 @@ def batch_rows(examples: Sequence[Any]) -> tuple[list[list[int]], list[int], lis
 
 def get_log_probs(model, examples: Sequence[Any], pad_id: int = 0) -> SequenceLogps:
     """Summed log-probs of every completion of ``examples`` (TokenizedExample-like objects with
-    ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable."""
+    ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable.
+
+    Rows are padded on the right. With left padding, a row's pad positions attend to nothing;
+    CUDA's memory-efficient attention returns finite outputs for such fully masked rows but NaN
+    gradients for them (seen on an H200 with torch 2.11: a finite loss, then every weight NaN
+    after the update), and the NaN reaches the shared weights however the loss masks them.
+    Right-padded pad positions attend to their row's real tokens, so no row is fully masked.
+    Logits are kept only from the first position that predicts a completion token on.
+    """
     device = next(model.parameters()).device
     rows, lengths, where = batch_rows(examples)
-    keep = max(lengths) + 1
-    ids, mask = pad_token_ids(rows, pad_id, left=True)
+    starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion token
+    first = max(min(starts) - 1, 0)  # the first position whose logits are needed
+    ids, mask = pad_token_ids(rows, pad_id, left=False)
+    keep = ids.shape[1] - first
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     kwargs = {}
@@ -128,12 +138,13 @@ def get_log_probs(model, examples: Sequence[Any], pad_id: int = 0) -> SequenceLo
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
     if logits.shape[1] != keep:  # the model ignored logits_to_keep (or has no such argument)
         logits = logits[:, -keep:]
-    # position t predicts token t + 1: the last keep-1 tokens, from the first keep-1 positions
-    token_logps = token_log_probs(logits, ids[:, -keep + 1 :])
-    span = torch.arange(keep - 1, device=device).unsqueeze(0)
+    # position first + j predicts token first + j + 1
+    token_logps = token_log_probs(logits, ids[:, first + 1 :])
+    target = torch.arange(first + 1, ids.shape[1], device=device).unsqueeze(0)
     lens = torch.tensor(lengths, device=device).unsqueeze(1)
-    in_completion = span >= (keep - 1 - lens)
-    sums = (token_logps * in_completion).sum(-1)
+    begin = torch.tensor(starts, device=device).unsqueeze(1)
+    in_completion = (target >= begin) & (target < begin + lens)
+    sums = torch.where(in_completion, token_logps, 0.0).sum(-1)
     n_examples = len(examples)
     n_completions = max(len(ex.completion_ids) for ex in examples)
     logps = torch.zeros((n_examples, n_completions), device=device)
