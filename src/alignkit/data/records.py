@@ -322,4 +322,14 @@ def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Coun
         )
         raise BadRecord(source, None, problem, "unknown_record_format")
     example.metadata = {k: v for k, v in record.items() if k not in _PREFERENCE_FIELDS}
+    _check_soft_label(example.metadata.get("soft_label"), source)
     return example, layout, notes
+
+
+def _check_soft_label(value: Any, source: str) -> None:
+    """``soft_label`` (optional) is P(chosen is better): a number in [0.5, 1] (AI feedback)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value <= 1:
+        problem = f"must be a number in [0.5, 1] (P(chosen is better)), got {value!r}"
+        raise BadRecord(source, "soft_label", problem, "bad_soft_label")

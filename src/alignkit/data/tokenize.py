@@ -58,6 +58,7 @@ class TokenizedExample:
     prompt_ids: list[int]
     completion_ids: list[list[int]]  # best -> worst
     source: str
+    soft_label: float | None = None  # P(chosen is better), from AI feedback; None: a hard label
 
     @property
     def num_tokens(self) -> int:
@@ -120,7 +121,8 @@ class ChatEncoder:
         for example, (_, completions) in zip(examples, rendered, strict=True):
             prompt_ids = [*self._prefix, *next(ids)]
             completion_ids = [[*next(ids), *self._suffix] for _ in completions]
-            out.append(TokenizedExample(prompt_ids, completion_ids, example.source))
+            soft = example.metadata.get("soft_label")
+            out.append(TokenizedExample(prompt_ids, completion_ids, example.source, soft))
         return out
 
 
@@ -152,7 +154,7 @@ def truncate(
     if longest > room:
         cut.append("completion")
         completions = [c[:room] for c in completions]
-    return TokenizedExample(prompt, completions, item.source), cut
+    return TokenizedExample(prompt, completions, item.source, item.soft_label), cut
 
 
 class DPODataset(torch.utils.data.Dataset):

@@ -30,6 +30,9 @@ class DPOConfig(CommandConfig):
     loss_type: str = Field("sigmoid", description="sigmoid, ipo, robust, hinge, simpo, rpo, ...")
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL regularisation.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / rDPO label noise.")
+    use_soft_labels: bool = Field(
+        True, description="Train on the data's soft_label (AI feedback) as per-pair smoothing."
+    )
     simpo_gamma: float = Field(0.5, description="SimPO target reward margin.")
     rpo_alpha: float = Field(1.0, ge=0, description="RPO weight of the chosen NLL term.")
     kl_coef: float = Field(0.0, ge=0, description="Constrained DPO: explicit KL penalty weight.")

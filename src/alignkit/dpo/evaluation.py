@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
-from alignkit.dpo.steps import StepResult, preference_step
+from alignkit.dpo.steps import StepResult, preference_step, soft_smoothing
 from alignkit.models.hf import pad_token_ids
 
 
@@ -120,7 +120,8 @@ def evaluate_preferences(trainer, dataset) -> dict[str, float]:
             if reference is None:
                 reference, loaded = reference_model(trainer)
             ref = get_ref_log_probs(reference, batch, trainer.pad_id)
-        results.append(preference_step(mine, ref, trainer.config))
+        smoothing = soft_smoothing(batch, trainer.config)
+        results.append(preference_step(mine, ref, trainer.config, smoothing=smoothing))
     policy.train(was_training)
     metrics = {f"eval/{k}": v for k, v in StepResult.average(results).items() if k != "beta"}
     if trainer.config.kl_samples:

@@ -128,10 +128,10 @@ class LossOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _smoothed_logistic(logits: Tensor, eps: float) -> Tensor:
-    """``-(1 - eps) log s(logits) - eps log s(-logits)``."""
+def _smoothed_logistic(logits: Tensor, eps: float | Tensor) -> Tensor:
+    """``-(1 - eps) log s(logits) - eps log s(-logits)``; ``eps`` may be per example ``[B]``."""
     loss = -F.logsigmoid(logits)
-    if eps:
+    if isinstance(eps, Tensor) or eps:
         loss = (1.0 - eps) * loss - eps * F.logsigmoid(-logits)
     return loss
 
@@ -142,11 +142,13 @@ def _smoothed_logistic(logits: Tensor, eps: float) -> Tensor:
     "conservative DPO: Mitchell 2023, A note on DPO with noisy preferences",
     smoothing=(0.0, 0.5, True),
 )
-def sigmoid_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
+def sigmoid_loss(logps: PreferenceLogps, beta: float, eps: float | Tensor) -> Tensor:
     """DPO: ``-log s(b * d)``.
 
     With ``label_smoothing = eps > 0`` this is conservative DPO (cDPO), which assumes each label
-    is flipped with probability eps: ``-(1 - eps) log s(b * d) - eps log s(-b * d)``.
+    is flipped with probability eps: ``-(1 - eps) log s(b * d) - eps log s(-b * d)``. A tensor
+    ``eps`` ``[B]`` is one per pair: ``1 - soft_label`` trains on soft (AI feedback) labels, the
+    cross-entropy to P(chosen is better) as in Bai et al. 2022 (Constitutional AI), section 4.1.
     """
     hc, hr = logps.logratios()
     return _smoothed_logistic(beta * (hc - hr), eps)
@@ -259,7 +261,7 @@ def compute_loss(
     logps: PreferenceLogps,
     loss_type: str = "sigmoid",
     beta: float = 0.1,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Tensor = 0.0,
     **params: float,
 ) -> LossOutput:
     """Per-example loss, rewards and metrics of ``loss_type`` on a batch of pairs.
@@ -271,7 +273,8 @@ def compute_loss(
     before ``kl_coef``) when the reference and token counts are given.
     """
     loss = get_loss(loss_type)
-    values, kl_coef = check_config(loss, beta, label_smoothing, dict(params))
+    eps = float(label_smoothing.max()) if isinstance(label_smoothing, Tensor) else label_smoothing
+    values, kl_coef = check_config(loss, beta, eps, dict(params))
     if not loss.reference_free and not logps.has_reference:
         free = sorted(n for n, spec in LOSSES.items() if spec.reference_free)
         raise ConfigError(

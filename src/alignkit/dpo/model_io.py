@@ -37,6 +37,30 @@ def load_policy(config):
     return model, tokenizer
 
 
+def with_adapter(model, cfg):
+    """``model`` prepared for training under ``cfg``: gradient checkpointing, and a new LoRA
+    adapter when ``cfg.lora`` (a model that already has an adapter keeps it)."""
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if not cfg.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if hasattr(model, "peft_config"):
+        return model
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def _trainable_state(model) -> dict:
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,24 +25,51 @@ class PipelineResult:
     data_report: dict = field(default_factory=dict)
 
 
-def supervised_finetune(config: DPOConfig, out: Path) -> Path:
-    """Fine-tune ``config.model`` on the chosen (best) responses of ``config.data``."""
+def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None = None) -> Path:
+    """Fine-tune ``config.model`` on the chosen (best) responses of ``config.data``, or on the
+    first completion of each of ``examples`` (:class:`~alignkit.data.PreferenceExample` objects,
+    which may hold a single completion).
+
+    The optimizer settings are the DPO config's (AdamW, ``scheduler`` with ``warmup_steps``,
+    ``weight_decay``, ``max_grad_norm``). With ``config.lora`` a LoRA adapter is trained and
+    merged into the weights that are saved, so ``out`` always holds a whole model that the next
+    stage can start from.
+    """
+    from transformers import get_scheduler
+
     from alignkit.dpo.batching import epoch_batches
     from alignkit.dpo.forward import get_log_probs
-    from alignkit.dpo.model_io import load_policy
+    from alignkit.dpo.model_io import load_policy, with_adapter
     from alignkit.dpo.trainer import preference_dataset
     from alignkit.progress import training_progress
 
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config)
-    dataset = preference_dataset(config, config.data, tokenizer)
+    model = with_adapter(model, config)
+    if examples is None:
+        dataset = preference_dataset(config, config.data, tokenizer)
+    else:
+        from alignkit.data import DPODataset
+
+        dataset = DPODataset(
+            examples,
+            tokenizer,
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+            truncation_mode=config.truncation_mode,
+        )
     lengths = [
         len(dataset[i].prompt_ids) + len(dataset[i].completion_ids[0]) for i in range(len(dataset))
     ]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     epochs = math.ceil(config.sft_epochs)
     per_epoch = math.ceil(len(dataset) / config.batch_size)
     total = max(1, round(config.sft_epochs * per_epoch))
+    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+    scheduler = get_scheduler(name, optimizer, config.warmup_steps, total)
     pad = tokenizer.pad_token_id or 0
     step = 0
     with training_progress(total, description="sft") as update:
@@ -56,10 +84,15 @@ def supervised_finetune(config: DPOConfig, out: Path) -> Path:
                 out_logps = get_log_probs(model, chosen, pad)
                 loss = -out_logps.logps.sum() / out_logps.tokens.sum()
                 loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 update(float(loss.detach()), int(out_logps.tokens.sum()))
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

@@ -62,6 +62,20 @@ def adapt(adaptive, pairs: PreferenceLogps, gather=None, rank: int = 0):
     return step, divisor
 
 
+def soft_smoothing(examples, config) -> torch.Tensor | None:
+    """Per-pair label smoothing ``1 - soft_label`` for a batch with AI-feedback soft labels
+    (pairs without one get ``config.label_smoothing``); None when no pair has one, or when
+    ``config.use_soft_labels`` is off."""
+    if not config.use_soft_labels or all(ex.soft_label is None for ex in examples):
+        return None
+    return torch.tensor(
+        [
+            config.label_smoothing if ex.soft_label is None else 1.0 - ex.soft_label
+            for ex in examples
+        ]
+    )
+
+
 def preference_step(
     policy: SequenceLogps,
     ref: SequenceLogps | None,
@@ -69,8 +83,10 @@ def preference_step(
     adaptive=None,
     gather=None,
     rank: int = 0,
+    smoothing: torch.Tensor | None = None,
 ) -> StepResult:
-    """Loss (mean over kept examples) and metrics for one micro-batch."""
+    """Loss (mean over kept examples) and metrics for one micro-batch; ``smoothing`` is the
+    per-pair label smoothing of :func:`soft_smoothing`."""
     pairs = pair_view(policy, ref)
     beta, keep, divisor, extra = config.beta, None, 1.0, {}
     if adaptive is not None:
@@ -82,7 +98,10 @@ def preference_step(
         chosen = beta * (pairs.policy_chosen - pairs.ref_chosen).detach()
         rejected = beta * (pairs.policy_rejected - pairs.ref_rejected).detach()
     else:
-        out = compute_loss(pairs, loss_type=config.loss_type, beta=beta, **config.loss_params())
+        params = config.loss_params()
+        if smoothing is not None:
+            params["label_smoothing"] = smoothing.to(pairs.policy_chosen.device)
+        out = compute_loss(pairs, loss_type=config.loss_type, beta=beta, **params)
         losses, chosen, rejected = out.losses, out.chosen_rewards, out.rejected_rewards
         extra.update(out.metrics)
     loss = (losses * keep).sum() / divisor if keep is not None else losses.mean()

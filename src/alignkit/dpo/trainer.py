@@ -30,9 +30,9 @@ from alignkit.dpo.checkpoint import (
 )
 from alignkit.dpo.config import DPOConfig
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
-from alignkit.dpo.model_io import load_policy, load_weights, save_weights
+from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
 from alignkit.dpo.reference import precompute_reference
-from alignkit.dpo.steps import StepResult, preference_step
+from alignkit.dpo.steps import StepResult, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
 
 
@@ -96,6 +96,7 @@ class DPOTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.model = self._with_adapter(model)
         self.train_dataset = train_dataset if train_dataset is not None else self._dataset(cfg.data)
+        self._check_soft_labels()
         self.eval_dataset = (
             eval_dataset
             if eval_dataset is not None
@@ -128,27 +129,23 @@ class DPOTrainer:
             return None
         return preference_dataset(self.config, path, self.tokenizer)
 
-    def _with_adapter(self, model):
-        cfg = self.config
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.config.use_cache = False
-        if not cfg.lora:
-            return model
-        from peft import LoraConfig, get_peft_model
+    def _check_soft_labels(self) -> None:
+        """Soft labels need a loss with label smoothing; say so before any training."""
+        from alignkit.dpo.registry import LOSSES, get_loss
 
-        if hasattr(model, "peft_config"):
-            return model
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules or "all-linear",
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
+        cfg, data = self.config, self.train_dataset
+        if not cfg.use_soft_labels or get_loss(cfg.loss_type).smoothing is not None:
+            return
+        if any(data[i].soft_label is not None for i in range(len(data))):
+            users = sorted(n for n, spec in LOSSES.items() if spec.smoothing is not None)
+            raise ConfigError(
+                f"the training data has soft_label values (AI feedback), which loss_type "
+                f"{cfg.loss_type!r} cannot use; use one of {', '.join(users)}, or set "
+                "use_soft_labels: false to train on the hard labels"
+            )
+
+    def _with_adapter(self, model):
+        return with_adapter(model, self.config)
 
     def _frozen_copy(self):
         reference = copy.deepcopy(self.model).eval()
@@ -242,6 +239,7 @@ class DPOTrainer:
                     self.adaptive,
                     gather=gather,
                     rank=acc.process_index,
+                    smoothing=soft_smoothing(examples, cfg),
                 )
                 if not torch.isfinite(result.loss):
                     self._diverged(result.loss)
