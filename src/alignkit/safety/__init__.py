@@ -1,0 +1,29 @@
+"""Safety alignment and value learning: value-model data in the shapes users have (pairwise,
+PKU-SafeRLHF, BeaverTails), reward models and Safe-RLHF cost models on any HF backbone.
+
+Names are imported on first use, so importing the package loads no model code.
+"""
+
+from __future__ import annotations
+
+from alignkit._lazy import lazy_exports
+
+_NAMES = {
+    "load_value_pairs": "data",
+    "load_labelled_responses": "data",
+    "pairs_from_labelled": "data",
+    "testbed_value_pairs": "data",
+    "testbed_labelled_responses": "data",
+    "bradley_terry_loss": "value_losses",
+    "cost_model_loss": "value_losses",
+    "ValueModel": "value_model",
+    "ValueModelConfig": "value_model",
+    "train_value_model": "value_model",
+    "evaluate_pairwise": "value_model",
+}
+
+
+__getattr__ = lazy_exports(__name__, _NAMES)
+
+
+__all__ = sorted(_NAMES)
