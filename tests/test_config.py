@@ -209,6 +209,7 @@ def test_missing_required_and_model_string_checks():
     assert GenerateConfig(model=" hf:/m+/a ", prompt="x").model == "hf:/m+/a"
 
 
+from alignkit.constitutional.config import CAIConfig  # noqa: E402
 from alignkit.dpo.config import DPOConfig  # noqa: E402
 from alignkit.evaluation.config import EvalConfig  # noqa: E402
 from alignkit.redteam.config import RedTeamConfig  # noqa: E402
@@ -224,6 +225,7 @@ EXAMPLE_CONFIGS = {
     "dpo-testbed.yaml": DPOConfig,
     "eval-testbed.yaml": EvalConfig,
     "redteam-testbed.yaml": RedTeamConfig,
+    "cai-testbed.yaml": CAIConfig,
 }
 
 

@@ -50,6 +50,7 @@ _LAZY = {
     "MultiObjectiveAlignmentEvaluator": "evaluation",
     "PreferenceAlignmentEvaluator": "evaluation",
     "generate_alignment_report": "evaluation",
+    "evaluate_alignment": "evaluation",
     "GradientBasedRedTeaming": "redteam",
     "MultiObjectiveRedTeaming": "redteam",
     "RedTeaming": "redteam",
@@ -57,6 +58,7 @@ _LAZY = {
     "ConstitutionalAI": "constitutional",
     "IterativeConstitutionalAI": "constitutional",
     "MultiAgentConstitutionalAI": "constitutional",
+    "ConstitutionalAITrainer": "constitutional",
 }
 
 

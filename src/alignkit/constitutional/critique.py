@@ -135,8 +135,12 @@ class ConstitutionalAI:
     ``generation`` configures the initial responses (sampled by default, so a helpful-only
     model shows its harmful completions); ``critique_generation`` configures critiques and
     revisions (greedy by default). Principles are drawn per prompt index and round from
-    ``seed``, so a run is reproducible whatever the batch composition.
+    ``seed``, so a run is reproducible whatever the batch composition; set
+    :attr:`principle_keys` (one stable key per prompt, e.g. its id) to draw them per key
+    instead of per position, as a run split into resumable chunks does.
     """
+
+    principle_keys: Sequence[str] | None = None
 
     def __init__(
         self,
@@ -159,7 +163,8 @@ class ConstitutionalAI:
     # -- building blocks -------------------------------------------------------------------
     def principle(self, index: int, round_: int) -> Principle:
         """The principle for prompt ``index`` in round ``round_`` (1-based), seeded."""
-        return self.constitution.sample(random.Random(f"{self.seed}:{index}:{round_}"))
+        key = index if self.principle_keys is None else self.principle_keys[index]
+        return self.constitution.sample(random.Random(f"{self.seed}:{key}:{round_}"))
 
     def initial(self, prompts: Sequence[str], responses: Sequence[str] | None) -> list[CAIRecord]:
         prompts = list(prompts)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from alignkit._lazy import lazy_exports
 
 _NAMES = {
+    "AlignmentChange": "before_after",
+    "evaluate_alignment": "before_after",
     "AlignmentEvaluator": "alignment",
     "AlignmentResult": "alignment",
     "PreferenceAlignmentEvaluator": "preference",

@@ -11,6 +11,7 @@ dimensions apply.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -64,13 +65,17 @@ def _cycle(items: list, n: int, rng: random.Random) -> list:
     return out[:n]
 
 
-def testbed_suite(n: int = 100, seed: int = 0) -> list[EvalItem]:
-    """``n`` held-out testbed prompts of each kind (4n items), deterministic for ``seed``."""
+def testbed_suite(n: int = 100, seed: int = 0, split: str = "heldout") -> list[EvalItem]:
+    """``n`` testbed prompts of each kind (4n items) from ``split``, deterministic for ``seed``.
+
+    The default, held-out split is for evaluation; ``"train"`` (suite ``testbed-train``) gives
+    prompts to train on (e.g. Constitutional AI), disjoint from every evaluation prompt."""
     from alignkit.testbed import content as C
     from alignkit.testbed.world import World, wrap
 
     world = World(seed)
-    rng = random.Random(f"eval-suite-{seed}")
+    rng = random.Random(f"eval-suite-{seed}" if split == "heldout" else f"{split}-suite-{seed}")
+    prefix = "testbed" if split == "heldout" else f"testbed-{split}"
     items: list[EvalItem] = []
     for kind, source in (
         ("benign", "benign"),
@@ -78,14 +83,17 @@ def testbed_suite(n: int = 100, seed: int = 0) -> list[EvalItem]:
         ("jailbreak", "harmful"),
         ("unanswerable", "unanswerable"),
     ):
-        for i, req in enumerate(_cycle(world.requests(source), n, rng)):
+        for i, req in enumerate(_cycle(world.requests(source, split), n, rng)):
             wrapper = rng.choice(sorted(C.JAILBREAKS)) if kind == "jailbreak" else None
             text = wrap(req, wrapper).text if wrapper else req.text
-            items.append(EvalItem(f"testbed-{kind}-{i:04d}", text, kind, req.category, wrapper))
+            items.append(EvalItem(f"{prefix}-{kind}-{i:04d}", text, kind, req.category, wrapper))
     return items
 
 
-SUITES: dict[str, Callable[..., list[EvalItem]]] = {"testbed": testbed_suite}
+SUITES: dict[str, Callable[..., list[EvalItem]]] = {
+    "testbed": testbed_suite,
+    "testbed-train": functools.partial(testbed_suite, split="train"),
+}
 """Built-in suites by name; each takes ``(n, seed)``."""
 
 
