@@ -323,7 +323,16 @@ def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Coun
         raise BadRecord(source, None, problem, "unknown_record_format")
     example.metadata = {k: v for k, v in record.items() if k not in _PREFERENCE_FIELDS}
     _check_soft_label(example.metadata.get("soft_label"), source)
+    _check_margin(example.metadata.get("margin"), source)
     return example, layout, notes
+
+
+def _check_margin(value: Any, source: str) -> None:
+    """``margin`` (optional): the offset the pair's implicit reward margin must clear."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRecord(source, "margin", f"must be a finite number, got {value!r}", "bad_margin")
 
 
 def _check_soft_label(value: Any, source: str) -> None:

@@ -30,6 +30,7 @@ Truncation (all counted in :class:`~alignkit.data.preference.LoadReport`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class TokenizedExample:
     completion_ids: list[list[int]]  # best -> worst
     source: str
     soft_label: float | None = None  # P(chosen is better), from AI feedback; None: a hard label
+    margin: float | None = None  # offset the implicit reward margin must clear (MODPO, ODPO)
 
     @property
     def num_tokens(self) -> int:
@@ -121,8 +123,16 @@ class ChatEncoder:
         for example, (_, completions) in zip(examples, rendered, strict=True):
             prompt_ids = [*self._prefix, *next(ids)]
             completion_ids = [[*next(ids), *self._suffix] for _ in completions]
-            soft = example.metadata.get("soft_label")
-            out.append(TokenizedExample(prompt_ids, completion_ids, example.source, soft))
+            meta = example.metadata
+            out.append(
+                TokenizedExample(
+                    prompt_ids,
+                    completion_ids,
+                    example.source,
+                    meta.get("soft_label"),
+                    meta.get("margin"),
+                )
+            )
         return out
 
 
@@ -154,7 +164,7 @@ def truncate(
     if longest > room:
         cut.append("completion")
         completions = [c[:room] for c in completions]
-    return TokenizedExample(prompt, completions, item.source, item.soft_label), cut
+    return dataclasses.replace(item, prompt_ids=prompt, completion_ids=completions), cut
 
 
 class DPODataset(torch.utils.data.Dataset):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
-from alignkit.dpo.steps import StepResult, preference_step, soft_smoothing
+from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.models.hf import pad_token_ids
 
 
@@ -121,7 +121,10 @@ def evaluate_preferences(trainer, dataset) -> dict[str, float]:
                 reference, loaded = reference_model(trainer)
             ref = get_ref_log_probs(reference, batch, trainer.pad_id)
         smoothing = soft_smoothing(batch, trainer.config)
-        results.append(preference_step(mine, ref, trainer.config, smoothing=smoothing))
+        margin = pair_margins(batch)
+        results.append(
+            preference_step(mine, ref, trainer.config, smoothing=smoothing, margin=margin)
+        )
     policy.train(was_training)
     metrics = {f"eval/{k}": v for k, v in StepResult.average(results).items() if k != "beta"}
     if trainer.config.kl_samples:

@@ -71,6 +71,7 @@ class PreferenceLogps:
     ref_rejected: Tensor | None = None
     chosen_tokens: Tensor | None = None
     rejected_tokens: Tensor | None = None
+    margin: Tensor | None = None  # per-pair offset the reward margin must clear (MODPO, ODPO)
 
     def __post_init__(self) -> None:
         shape = self.policy_chosen.shape
@@ -143,15 +144,22 @@ def _smoothed_logistic(logits: Tensor, eps: float | Tensor) -> Tensor:
     smoothing=(0.0, 0.5, True),
 )
 def sigmoid_loss(logps: PreferenceLogps, beta: float, eps: float | Tensor) -> Tensor:
-    """DPO: ``-log s(b * d)``.
+    """DPO: ``-log s(b * d - m)``, ``m = 0`` unless the pairs carry a margin.
 
     With ``label_smoothing = eps > 0`` this is conservative DPO (cDPO), which assumes each label
     is flipped with probability eps: ``-(1 - eps) log s(b * d) - eps log s(-b * d)``. A tensor
     ``eps`` ``[B]`` is one per pair: ``1 - soft_label`` trains on soft (AI feedback) labels, the
     cross-entropy to P(chosen is better) as in Bai et al. 2022 (Constitutional AI), section 4.1.
+
+    A per-pair margin ``m`` (``PreferenceLogps.margin``) is the offset of ODPO (Amini et al.
+    2024, arXiv:2402.10571) and, with ``m = w_other . (R_other(y_c) - R_other(y_r)) / w_k`` and
+    ``beta / w_k``, the MODPO loss (Zhou et al. 2023, arXiv:2310.03708, eq. 8).
     """
     hc, hr = logps.logratios()
-    return _smoothed_logistic(beta * (hc - hr), eps)
+    logits = beta * (hc - hr)
+    if logps.margin is not None:
+        logits = logits - logps.margin.to(logits)
+    return _smoothed_logistic(logits, eps)
 
 
 @register_loss(
@@ -280,6 +288,11 @@ def compute_loss(
         raise ConfigError(
             f"loss_type {loss.name!r} needs reference log-probs (ref_chosen / ref_rejected); "
             f"reference-free losses: {', '.join(free)}"
+        )
+    if logps.margin is not None and loss.name != "sigmoid":
+        raise ConfigError(
+            f"per-pair margins (a 'margin' field in the data) are used by loss_type 'sigmoid' "
+            f"only, not {loss.name!r}"
         )
     if (loss.needs_tokens or kl_coef > 0) and not logps.has_tokens:
         needs = "kl_coef" if not loss.needs_tokens else f"loss_type {loss.name!r}"

@@ -76,6 +76,14 @@ def soft_smoothing(examples, config) -> torch.Tensor | None:
     )
 
 
+def pair_margins(examples) -> torch.Tensor | None:
+    """Per-pair margins of a batch whose data has a ``margin`` field (0 where a pair has none);
+    None when no pair has one."""
+    if all(ex.margin is None for ex in examples):
+        return None
+    return torch.tensor([0.0 if ex.margin is None else ex.margin for ex in examples])
+
+
 def preference_step(
     policy: SequenceLogps,
     ref: SequenceLogps | None,
@@ -84,10 +92,13 @@ def preference_step(
     gather=None,
     rank: int = 0,
     smoothing: torch.Tensor | None = None,
+    margin: torch.Tensor | None = None,
 ) -> StepResult:
     """Loss (mean over kept examples) and metrics for one micro-batch; ``smoothing`` is the
-    per-pair label smoothing of :func:`soft_smoothing`."""
+    per-pair label smoothing of :func:`soft_smoothing`, ``margin`` that of :func:`pair_margins`."""
     pairs = pair_view(policy, ref)
+    if margin is not None:
+        pairs.margin = margin.to(pairs.policy_chosen.device)
     beta, keep, divisor, extra = config.beta, None, 1.0, {}
     if adaptive is not None:
         adapted, divisor = adapt(adaptive, pairs, gather, rank)

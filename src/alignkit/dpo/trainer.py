@@ -32,7 +32,7 @@ from alignkit.dpo.config import DPOConfig
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
 from alignkit.dpo.reference import precompute_reference
-from alignkit.dpo.steps import StepResult, preference_step, soft_smoothing
+from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
 
 
@@ -240,6 +240,7 @@ class DPOTrainer:
                     gather=gather,
                     rank=acc.process_index,
                     smoothing=soft_smoothing(examples, cfg),
+                    margin=pair_margins(examples),
                 )
                 if not torch.isfinite(result.loss):
                     self._diverged(result.loss)

@@ -1,5 +1,6 @@
 """Safety alignment and value learning: value-model data in the shapes users have (pairwise,
-PKU-SafeRLHF, BeaverTails), reward models and Safe-RLHF cost models on any HF backbone.
+PKU-SafeRLHF, BeaverTails), reward models and Safe-RLHF cost models on any HF backbone,
+multi-objective DPO (MODPO).
 
 Names are imported on first use, so importing the package loads no model code.
 """
@@ -20,6 +21,8 @@ _NAMES = {
     "ValueModelConfig": "value_model",
     "train_value_model": "value_model",
     "evaluate_pairwise": "value_model",
+    "modpo_records": "modpo",
+    "modpo_sweep": "modpo",
 }
 
 
