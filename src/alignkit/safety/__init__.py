@@ -1,6 +1,6 @@
 """Safety alignment and value learning: value-model data in the shapes users have (pairwise,
 PKU-SafeRLHF, BeaverTails), reward models and Safe-RLHF cost models on any HF backbone,
-multi-objective DPO (MODPO).
+multi-objective DPO (MODPO), guardrails around any backend and robustness checks.
 
 Names are imported on first use, so importing the package loads no model code.
 """
@@ -23,6 +23,11 @@ _NAMES = {
     "evaluate_pairwise": "value_model",
     "modpo_records": "modpo",
     "modpo_sweep": "modpo",
+    "CostModelCheck": "guardrail",
+    "JudgeCheck": "guardrail",
+    "GuardedBackend": "guardrail",
+    "evaluate_guardrail": "guardrail",
+    "robustness_check": "guardrail",
 }
 
 
