@@ -1,5 +1,6 @@
 """Safety alignment and value learning: value-model data in the shapes users have (pairwise,
 PKU-SafeRLHF, BeaverTails), reward models and Safe-RLHF cost models on any HF backbone,
+safety-constrained DPO (Lagrangian / C-DPO relabelling, SafeDPO-style reordering),
 multi-objective DPO (MODPO), guardrails around any backend and robustness checks.
 
 Names are imported on first use, so importing the package loads no model code.
@@ -23,6 +24,10 @@ _NAMES = {
     "evaluate_pairwise": "value_model",
     "modpo_records": "modpo",
     "modpo_sweep": "modpo",
+    "SafetyAlignment": "constrained",
+    "SafetyConfig": "constrained",
+    "safe_reorder": "constrained",
+    "lagrangian_records": "constrained",
     "CostModelCheck": "guardrail",
     "JudgeCheck": "guardrail",
     "GuardedBackend": "guardrail",

@@ -1,0 +1,260 @@
+"""``SafetyAlignment``: safety-constrained preference optimisation on helpfulness data with
+safety labels (the PKU-SafeRLHF shape), through the ordinary DPO trainer.
+
+``lagrangian``
+    The Safe RLHF idea (Dai et al. 2023, "Safe RLHF", the Lagrangian of section 3.3) carried to
+    DPO as in C-DPO (Liu et al. 2024, "Enhancing LLM Safety via Constrained Direct Preference
+    Optimization"): each pair is relabelled by the Lagrangian reward ``R_help - lam * cost``,
+    where a helpfulness label is worth ``help_gap`` reward units and the cost model prices each
+    response: the pair keeps its order when ``help_gap - lam * (cost(chosen) - cost(rejected))
+    >= 0`` and is flipped otherwise; then plain DPO. After each round the policy answers
+    held-out red-team prompts, the cost model's harmful rate (cost > 0) is compared with the
+    threshold and ``lam`` takes a dual-ascent step, ``lam <- max(0, lam + lr * (rate -
+    threshold))``; each round trains afresh from the starting model with the new ``lam``, until
+    the constraint holds or the rounds run out.
+``safe-dpo``
+    Safety-aware reordering in the spirit of SafeDPO (Kim et al. 2025): where the helpfulness
+    label prefers an unsafe response over a safe one, the pair is flipped; where the preferred
+    response is safe and the other unsafe, the pair gets ``safety_margin``; pairs of two unsafe
+    responses are dropped (counted). One DPO run, then the same measurement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from alignkit.config import CommandConfig, ModelString
+from alignkit.errors import ConfigError, DataError
+
+
+class SafetyConfig(CommandConfig):
+    """``alignkit safety train``: constrained DPO against a cost model."""
+
+    model: ModelString = Field("testbed", description="Model string of the model to train.")
+    data: str = Field(
+        "testbed",
+        description="'testbed' (helpful-only labels with safety flags) or a pairwise / "
+        "PKU-SafeRLHF file ordered by helpfulness.",
+    )
+    cost_model: Path | None = Field(
+        None, description="A saved cost model (default on the testbed: one trained here)."
+    )
+    method: Literal["lagrangian", "safe-dpo"] = "lagrangian"
+    threshold: float = Field(0.2, description="Largest acceptable harmful rate (cost > 0).")
+    lambda_init: float = Field(0.0, ge=0, description="Lagrange multiplier of the first round.")
+    lambda_lr: float = Field(1.0, gt=0, description="Dual-ascent step on (rate - threshold).")
+    help_gap: float = Field(1.0, gt=0, description="Reward units of one helpfulness label.")
+    rounds: int = Field(4, ge=1, description="Lagrangian rounds at most.")
+    safety_margin: float = Field(2.0, ge=0, description="safe-dpo: margin of safe-over-unsafe.")
+    eval_prompts: str = Field(
+        "testbed", description="Red-team prompts to measure: 'testbed' or a prompt file."
+    )
+    eval_n: int = Field(50, ge=1, description="testbed: held-out harmful + jailbreak prompts.")
+    learning_rate: float = Field(5e-6, gt=0)
+    beta: float = Field(0.1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    output_dir: Path = Field(Path("runs/safety"), description="Rounds, models and history.")
+    seed: int = 0
+    device: str = "auto"
+
+    def dpo_config(self, data: Path, out: Path):
+        from alignkit.dpo import DPOConfig
+
+        return DPOConfig(
+            model=self.model, data=data, output_dir=out, learning_rate=self.learning_rate,
+            beta=self.beta, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+            device=self.device, kl_samples=0,
+        )  # fmt: skip
+
+
+def safe_reorder(pairs: Sequence[dict], margin: float) -> tuple[list[dict], dict[str, int]]:
+    """SafeDPO-style records from helpfulness pairs with safety flags (see the module doc)."""
+    out, counts = [], {"flipped": 0, "margin": 0, "dropped_both_unsafe": 0, "kept": 0}
+    for p in pairs:
+        c_safe, r_safe = p.get("chosen_safe"), p.get("rejected_safe")
+        chosen, rejected, m = p["chosen"], p["rejected"], 0.0
+        if c_safe is False and r_safe is False:
+            counts["dropped_both_unsafe"] += 1
+            continue
+        if c_safe is False and r_safe is True:
+            chosen, rejected, m = rejected, chosen, margin
+            counts["flipped"] += 1
+        elif c_safe is True and r_safe is False:
+            m = margin
+            counts["margin"] += 1
+        counts["kept"] += 1
+        out.append({"prompt": p["prompt"], "chosen": chosen, "rejected": rejected, "margin": m})
+    return out, counts
+
+
+def lagrangian_records(
+    pairs: Sequence[dict], cost_model, lam: float, help_gap: float = 1.0
+) -> tuple[list[dict], int]:
+    """Pairs relabelled by ``R_help - lam * cost`` (C-DPO); returns records and flips."""
+    prompts = [p["prompt"] for p in pairs]
+    cost_c = cost_model.score(prompts, [p["chosen"] for p in pairs])
+    cost_r = cost_model.score(prompts, [p["rejected"] for p in pairs])
+    records, flips = [], 0
+    for p, c, r in zip(pairs, cost_c, cost_r, strict=True):
+        keep = help_gap - lam * (c - r) >= 0
+        flips += not keep
+        chosen, rejected = (p["chosen"], p["rejected"]) if keep else (p["rejected"], p["chosen"])
+        records.append({"prompt": p["prompt"], "chosen": chosen, "rejected": rejected})
+    return records, flips
+
+
+@dataclass
+class SafetyResult:
+    """The final model, whether the constraint holds, and one history row per round."""
+
+    model: Path
+    constraint_met: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+
+class SafetyAlignment:
+    """Constrained DPO (module docstring): ``SafetyAlignment(SafetyConfig(...)).train()``."""
+
+    def __init__(self, config: SafetyConfig | None = None, **overrides: Any) -> None:
+        base = config.model_dump() if config else {}
+        self.config = SafetyConfig.model_validate({**base, **overrides})
+        if not 0.0 <= self.config.threshold < 1.0:
+            raise ConfigError(
+                f"threshold must be a harmful rate in [0, 1), got {self.config.threshold}; "
+                "a rate below 0 can never be met"
+            )
+        self.out = Path(self.config.output_dir)
+
+    def pairs(self) -> list[dict]:
+        """Helpfulness-ordered pairs with safety flags."""
+        if self.config.data == "testbed":
+            return testbed_constrained_pairs(seed=self.config.seed)
+        from alignkit.safety.data import load_value_pairs
+
+        pairs, _ = load_value_pairs(self.config.data, dimension="helpful")
+        if not any(p.get("chosen_safe") is not None for p in pairs):
+            raise DataError(f"{self.config.data}: no safety flags (chosen_safe / rejected_safe)")
+        return pairs
+
+    def load_cost_model(self):
+        """The configured cost model, or on the testbed one trained on its harmless pairs."""
+        from alignkit.safety.value_model import ValueModel, ValueModelConfig, train_value_model
+
+        if self.config.cost_model is not None:
+            model = ValueModel.load(self.config.cost_model, device=self.config.device)
+            if model.kind != "cost":
+                raise ConfigError(
+                    f"{self.config.cost_model}: a {model.kind} model, not a cost model"
+                )
+            return model
+        if self.config.model != "testbed":
+            raise ConfigError("cost_model: give a saved cost model (alignkit safety train-rm)")
+        path = self.out / "cost_model"
+        if (path / "config.json").exists():
+            return ValueModel.load(path, device=self.config.device)
+        from alignkit.safety.data import testbed_value_pairs
+
+        config = ValueModelConfig(
+            kind="cost", learning_rate=1e-3, batch_size=16, device=self.config.device,
+            seed=self.config.seed, output_dir=path,
+        )  # fmt: skip
+        return train_value_model(config, testbed_value_pairs(256, "harmless", "train", 0))
+
+    def eval_prompts(self) -> list[str]:
+        from alignkit.evaluation.suites import load_suite
+
+        cfg = self.config
+        items = load_suite(cfg.eval_prompts, n=cfg.eval_n, seed=cfg.seed)
+        if cfg.eval_prompts == "testbed":
+            items = [i for i in items if i.kind in ("harmful", "jailbreak")]
+        return [i.prompt for i in items]
+
+    def measure(self, model: str, cost_model) -> dict[str, float]:
+        """Harmful rate (cost > 0) and mean cost of ``model``'s answers to the red-team prompts."""
+        from alignkit.models import GenerationConfig, load_backend
+
+        prompts = self.eval_prompts()
+        backend = load_backend(model, device=self.config.device)
+        try:
+            settings = GenerationConfig(max_new_tokens=64, seed=self.config.seed)
+            answers = [c.text for c in backend.generate(prompts, settings)]
+        finally:
+            backend.close()
+        costs = cost_model.score(prompts, answers)
+        return {
+            "harmful_rate": sum(c > 0 for c in costs) / len(costs),
+            "mean_cost": sum(costs) / len(costs),
+            "n": float(len(costs)),
+        }
+
+    def _train_round(self, records: list[dict], name: str) -> Path:
+        from alignkit.dpo import DPOTrainer
+
+        run = self.out / name
+        final = run / "final"
+        if (final / "config.json").exists():
+            return final
+        run.mkdir(parents=True, exist_ok=True)
+        data = run / "data.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        trainer = DPOTrainer(config=self.config.dpo_config(data, run))
+        trainer.train()
+        return trainer.save_model(merge_lora=True)
+
+    def train(self) -> SafetyResult:
+        """Train (all rounds for ``lagrangian``), measuring the constraint after each."""
+        cfg, pairs, cost_model = self.config, self.pairs(), self.load_cost_model()
+        history: list[dict[str, Any]] = []
+        report: dict[str, Any] = {"pairs": len(pairs)}
+        if cfg.method == "safe-dpo":
+            records, counts = safe_reorder(pairs, cfg.safety_margin)
+            report |= counts
+            model = self._train_round(records, "safe-dpo")
+            history.append({"round": 1, **self.measure(f"hf:{model}", cost_model)})
+        else:
+            lam = cfg.lambda_init
+            for round_ in range(1, cfg.rounds + 1):
+                records, flips = lagrangian_records(pairs, cost_model, lam, cfg.help_gap)
+                model = self._train_round(records, f"round-{round_}")
+                measured = self.measure(f"hf:{model}", cost_model)
+                history.append({"round": round_, "lambda": lam, "flipped": flips, **measured})
+                if measured["harmful_rate"] <= cfg.threshold:
+                    break
+                lam = max(0.0, lam + cfg.lambda_lr * (measured["harmful_rate"] - cfg.threshold))
+        met = history[-1]["harmful_rate"] <= cfg.threshold
+        result = SafetyResult(model, met, history, report)
+        summary = {"model": str(model), "constraint_met": met, "history": history, "data": report}
+        (self.out / "safety.json").write_text(json.dumps(summary, indent=2))
+        return result
+
+
+def testbed_constrained_pairs(n_benign: int = 160, seed: int = 0) -> list[dict]:
+    """Helpfulness labels from a helpful-only annotator on the testbed, with safety flags:
+    benign helpful-vs-wrong pairs, and every train-split harmful request with its compliance
+    preferred to a refusal (the conflict the constraint must resolve)."""
+    import random
+
+    from alignkit.safety.data import testbed_value_pairs
+    from alignkit.testbed import World
+
+    world, rng = World(0), random.Random(f"constrained-{seed}")
+    pairs = [
+        {**p, "chosen_safe": True, "rejected_safe": True}
+        for p in testbed_value_pairs(n_benign, "helpful", "train", seed)
+    ]
+    for req in world.requests("harmful", "train"):
+        pairs.append({
+            "prompt": req.text, "chosen": world.respond(req, "harmful", rng),
+            "rejected": world.respond(req, "refusal", rng), "chosen_safe": False,
+            "rejected_safe": True, "dimension": "helpful", "category": req.category,
+        })  # fmt: skip
+    rng.shuffle(pairs)
+    return pairs

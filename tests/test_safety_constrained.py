@@ -1,0 +1,81 @@
+"""Safety-constrained DPO: SafeDPO-style reordering, Lagrangian margins, the dual-ascent loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignkit.errors import ConfigError
+from alignkit.safety.constrained import (
+    SafetyAlignment,
+    lagrangian_records,
+    safe_reorder,
+)
+from alignkit.safety.constrained import (
+    testbed_constrained_pairs as constrained_pairs,
+)
+from alignkit.testbed.labeller import label
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _pair(chosen_safe, rejected_safe):
+    return {"prompt": "p", "chosen": "c", "rejected": "r",
+            "chosen_safe": chosen_safe, "rejected_safe": rejected_safe}  # fmt: skip
+
+
+def test_safe_reorder_flips_unsafe_wins_adds_margins_and_drops_unsafe_pairs():
+    pairs = [_pair(False, True), _pair(True, False), _pair(True, True), _pair(False, False)]
+    records, counts = safe_reorder(pairs, margin=1.5)
+    assert counts == {"flipped": 1, "margin": 1, "dropped_both_unsafe": 1, "kept": 3}
+    assert (records[0]["chosen"], records[0]["margin"]) == ("r", 1.5)
+    assert (records[1]["chosen"], records[1]["margin"]) == ("c", 1.5)
+    assert records[2]["margin"] == 0.0
+
+
+class FakeCost:
+    def score(self, prompts, responses):
+        return [1.0 if r == "bad" else -1.0 for r in responses]
+
+
+def test_lagrangian_relabels_a_pair_once_lambda_prices_its_cost_above_the_help_gap():
+    pairs = [
+        {"prompt": "p", "chosen": "bad", "rejected": "good"},
+        {"prompt": "p", "chosen": "good", "rejected": "bad"},
+    ]
+    # cost gap of the first pair: 1 - (-1) = 2; it flips once lam * 2 > help_gap = 1
+    kept, flips = lagrangian_records(pairs, FakeCost(), lam=0.4)
+    assert flips == 0 and [r["chosen"] for r in kept] == ["bad", "good"]
+    flipped, flips = lagrangian_records(pairs, FakeCost(), lam=0.6)
+    assert flips == 1 and [r["chosen"] for r in flipped] == ["good", "good"]
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.0])
+def test_a_threshold_that_can_never_be_met_is_refused(tmp_path, threshold):
+    with pytest.raises(ConfigError, match="threshold"):
+        SafetyAlignment(threshold=threshold, output_dir=tmp_path)
+
+
+def test_testbed_pairs_carry_true_safety_flags():
+    pairs = constrained_pairs(n_benign=20)
+    unsafe = [p for p in pairs if p["chosen_safe"] is False]
+    assert unsafe and all(label(p["prompt"], p["chosen"]).harmful for p in unsafe)
+    assert all(not label(p["prompt"], p["rejected"]).harmful for p in pairs)
+
+
+def test_the_constraint_is_met_where_plain_dpo_misses_it(tmp_path):
+    """Helpful-only labels teach the testbed to comply; the Lagrangian relabelling brings the
+    cost model's harmful rate under the threshold, at a small cost in benign helpfulness."""
+    from alignkit.evaluation.alignment import AlignmentEvaluator
+
+    common = {"learning_rate": 5e-4, "epochs": 2, "device": "cpu", "eval_n": 50, "threshold": 0.3}
+    plain = SafetyAlignment(output_dir=tmp_path / "plain", rounds=1, **common).train()
+    constrained = SafetyAlignment(output_dir=tmp_path / "c", rounds=3, **common).train()
+    print("plain", plain.history, "constrained", constrained.history)
+    assert not plain.constraint_met and plain.history[-1]["harmful_rate"] > 0.6
+    assert constrained.constraint_met and constrained.history[-1]["lambda"] > 0
+
+    def helpful(result) -> float:
+        run = AlignmentEvaluator(f"hf:{result.model}", "testbed", ("testbed",), n=50, cache=False)
+        return run.run().value("testbed/helpful")
+
+    assert helpful(constrained) >= helpful(plain) - 0.05
