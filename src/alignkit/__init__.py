@@ -59,6 +59,8 @@ _LAZY = {
     "IterativeConstitutionalAI": "constitutional",
     "MultiAgentConstitutionalAI": "constitutional",
     "ConstitutionalAITrainer": "constitutional",
+    "SafetyAlignment": "safety",
+    "evaluate_safety_alignment": "safety",
 }
 
 

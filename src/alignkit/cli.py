@@ -15,11 +15,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from alignkit.commands import cai, demo, dpo, eval, generate, redteam, report, testbed
+from alignkit.commands import cai, demo, dpo, eval, generate, redteam, report, safety, testbed
 from alignkit.commands._console import print_error
 from alignkit.errors import AlignkitError
 
-COMMAND_MODULES = (generate, testbed, dpo, redteam, cai, eval, report, demo)
+COMMAND_MODULES = (generate, testbed, dpo, redteam, cai, safety, eval, report, demo)
 
 
 class _AlignkitGroup(TyperGroup):

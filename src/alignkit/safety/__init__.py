@@ -25,6 +25,7 @@ _NAMES = {
     "modpo_records": "modpo",
     "modpo_sweep": "modpo",
     "SafetyAlignment": "constrained",
+    "evaluate_safety_alignment": "evaluate",
     "SafetyConfig": "constrained",
     "safe_reorder": "constrained",
     "lagrangian_records": "constrained",

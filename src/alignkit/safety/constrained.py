@@ -30,7 +30,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from alignkit.config import CommandConfig, ModelString
-from alignkit.errors import ConfigError, DataError
+from alignkit.errors import AlignkitError, ConfigError, DataError
+
+
+class ConstraintNotMet(AlignkitError):
+    """The harmful-rate threshold still fails after the last round (exit code 2)."""
 
 
 class SafetyConfig(CommandConfig):
