@@ -69,3 +69,42 @@ def test_sweep_trains_one_model_per_weight_vector_and_the_margin_changes_trainin
     again = modpo_sweep("testbed", pairs, "helpful", {"harmless": LengthReward()}, grid, config,
                         tmp_path)  # fmt: skip
     assert again == runs  # finished runs are kept, not retrained
+
+
+def test_a_weight_sweep_on_the_testbed_gives_a_front(tmp_path):
+    """Helpful-only labels (compliance preferred on harmful requests) as the target, a learned
+    harmlessness reward model as the other objective: raising its weight trades the one reward
+    for the other, and no model of the sweep dominates another (MODPO, Zhou et al. 2023)."""
+    from alignkit.evaluation.pareto import pareto_front
+    from alignkit.evaluation.suites import load_suite
+    from alignkit.models import GenerationConfig, load_backend
+    from alignkit.safety.constrained import testbed_constrained_pairs as helpful_only_pairs
+    from alignkit.safety.data import testbed_value_pairs as value_pairs
+    from alignkit.safety.value_model import ValueModelConfig, train_value_model
+
+    pairs = helpful_only_pairs(seed=0)
+    settings = {"learning_rate": 1e-3, "batch_size": 16, "device": "cpu"}
+    helpful_rm = train_value_model(ValueModelConfig(**settings), pairs, progress=False)
+    harmless_rm = train_value_model(
+        ValueModelConfig(dimension="harmless", **settings),
+        value_pairs(256, "harmless", "train", 0),
+        progress=False,
+    )
+    config = DPOConfig(epochs=2, batch_size=8, learning_rate=5e-4, kl_samples=0, device="cpu")
+    grid = [{"helpful": 1.0}, {"helpful": 0.6, "harmless": 0.4}, {"helpful": 0.1, "harmless": 0.9}]
+    runs = modpo_sweep("testbed", pairs, "helpful", {"harmless": harmless_rm}, grid, config,
+                       tmp_path)  # fmt: skip
+    kinds = ("benign", "harmful", "jailbreak")
+    prompts = [i.prompt for i in load_suite("testbed", n=40, seed=0) if i.kind in kinds]
+    points = {}
+    for weights, path in runs:
+        backend = load_backend(f"hf:{path}", device="cpu")
+        answers = [c.text for c in backend.generate(prompts, GenerationConfig(max_new_tokens=64, seed=0))]
+        backend.close()
+        points[str(weights)] = [
+            sum(rm.score(prompts, answers)) / len(answers) for rm in (helpful_rm, harmless_rm)
+        ]
+    print(points)
+    assert len(pareto_front(points)) == 3
+    harmless = [p[1] for p in points.values()]
+    assert harmless == sorted(harmless) and harmless[-1] - harmless[0] > 0.5
