@@ -96,10 +96,10 @@ def test_a_weight_sweep_on_the_testbed_gives_a_front(tmp_path):
                        tmp_path)  # fmt: skip
     kinds = ("benign", "harmful", "jailbreak")
     prompts = [i.prompt for i in load_suite("testbed", n=40, seed=0) if i.kind in kinds]
-    points = {}
+    points, sampling = {}, GenerationConfig(max_new_tokens=64, seed=0)
     for weights, path in runs:
         backend = load_backend(f"hf:{path}", device="cpu")
-        answers = [c.text for c in backend.generate(prompts, GenerationConfig(max_new_tokens=64, seed=0))]
+        answers = [c.text for c in backend.generate(prompts, sampling)]
         backend.close()
         points[str(weights)] = [
             sum(rm.score(prompts, answers)) / len(answers) for rm in (helpful_rm, harmless_rm)
