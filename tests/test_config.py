@@ -213,6 +213,7 @@ from alignkit.constitutional.config import CAIConfig  # noqa: E402
 from alignkit.dpo.config import DPOConfig  # noqa: E402
 from alignkit.evaluation.config import EvalConfig  # noqa: E402
 from alignkit.redteam.config import RedTeamConfig  # noqa: E402
+from alignkit.safety.constrained import SafetyConfig  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -226,6 +227,7 @@ EXAMPLE_CONFIGS = {
     "eval-testbed.yaml": EvalConfig,
     "redteam-testbed.yaml": RedTeamConfig,
     "cai-testbed.yaml": CAIConfig,
+    "safety-testbed.yaml": SafetyConfig,
 }
 
 

@@ -278,3 +278,21 @@ def test_lora_trains_adapter_and_score_head(testbed_path, heldout_harmless, tmp_
     loaded = ValueModel.load(tmp_path / "rm", device="cpu")
     assert not hasattr(loaded.model, "peft_config")
     assert loaded.score(prompts, responses) == pytest.approx(before, abs=1e-5)
+
+
+@pytest.mark.parametrize(("dimension", "n", "epochs"), [("honest", 256, 1), ("helpful", 1024, 3)])
+def test_reward_models_of_the_other_dimensions_reach_90_percent(dimension, n, epochs):
+    """One reward model per value dimension: honesty is easy; helpfulness (a right answer over
+    a wrong one or an over-refusal) needs more pairs and epochs (measured 0.93 held-out)."""
+    from alignkit.safety import data as safety_data
+
+    config = ValueModelConfig(
+        dimension=dimension, learning_rate=1e-3, batch_size=16, epochs=epochs, device="cpu"
+    )
+    model = train_value_model(
+        config,
+        safety_data.testbed_value_pairs(n, dimension, "train", 0),
+        safety_data.testbed_value_pairs(200, dimension, "heldout", 1),
+        progress=False,
+    )
+    assert model.metrics["accuracy"] >= 0.9
