@@ -10,7 +10,6 @@ Each step is recorded; :meth:`CAIRecord.to_dict` gives the columns of the open C
 from __future__ import annotations
 
 import difflib
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Literal
 
 from alignkit.constitutional.constitution import Constitution, Principle, default_constitution
 from alignkit.errors import ConfigError, DataError
+from alignkit.evaluation.rundir import write_jsonl
 from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.testbed import formats as F
 
@@ -115,10 +115,7 @@ class CAIRecord:
 def write_records(path: str | Path, records: Sequence[CAIRecord]) -> Path:
     """Write records as JSONL (``datasets.load_dataset("json", ...)`` and ``load_preferences``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    write_jsonl(path, [record.to_dict() for record in records])
     return path
 
 

@@ -27,7 +27,6 @@ and principles are ensembled by the mean. Every step is one backend call for all
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 from alignkit.errors import ConfigError, UnsupportedError
 from alignkit.evaluation.judges import _two_way
+from alignkit.evaluation.rundir import write_jsonl
 from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.testbed import formats as F
 
@@ -264,9 +264,5 @@ def to_preference_records(labels: Iterable[FeedbackLabel]) -> list[dict[str, Any
 def write_preferences(path: str | Path, labels: Iterable[FeedbackLabel]) -> int:
     """Write the labels as JSON Lines for ``load_preferences`` / the DPO trainer; returns rows."""
     records = to_preference_records(labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_jsonl(Path(path), records)
     return len(records)

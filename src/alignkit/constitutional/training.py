@@ -33,6 +33,7 @@ from alignkit.constitutional.constitution import (
     load_constitution,
 )
 from alignkit.errors import AlignkitError, BackendError, ConfigError, DataError
+from alignkit.evaluation.rundir import write_jsonl, write_text
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
 
@@ -68,7 +69,7 @@ class ChunkStore:
             self.rows[row["id"]] = row
             good.append(line)
         if self.dropped:
-            self.path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+            write_text(self.path, "".join(g + "\n" for g in good))
 
     def append(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
@@ -342,10 +343,7 @@ class ConstitutionalAITrainer:
             raise DataError(f"{store.path}: no usable AI-labelled pair ({skipped})")
         path = self.out / "preferences.jsonl"
         keys = ("prompt", "chosen", "rejected", "soft_label", "principles")
-        path.write_text(
-            "".join(json.dumps({k: r[k] for k in keys}, ensure_ascii=False) + "\n" for r in usable),
-            encoding="utf-8",
-        )
+        write_jsonl(path, [{k: r[k] for k in keys} for r in usable])
         return path
 
     # -- stage 4: RL-CAI ----------------------------------------------------------------------

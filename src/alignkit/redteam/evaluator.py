@@ -13,13 +13,13 @@ more diverse).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.evaluation.rundir import write_jsonl
 from alignkit.evaluation.stats import bootstrap_ci
 from alignkit.redteam.base import ATTACKS, Attempt, _load_plugins
 from alignkit.redteam.store import CampaignStore
@@ -233,9 +233,5 @@ class RedTeamingEvaluator:
                     "category": a.category,
                 }  # fmt: skip
             )
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(Path(path), rows)
         return len(rows)

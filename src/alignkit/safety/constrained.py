@@ -31,6 +31,7 @@ from pydantic import Field
 
 from alignkit.config import CommandConfig, ModelString
 from alignkit.errors import AlignkitError, ConfigError, DataError
+from alignkit.evaluation.rundir import write_jsonl
 
 
 class ConstraintNotMet(AlignkitError):
@@ -208,7 +209,7 @@ class SafetyAlignment:
             return final
         run.mkdir(parents=True, exist_ok=True)
         data = run / "data.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        write_jsonl(data, records)
         trainer = DPOTrainer(config=self.config.dpo_config(data, run))
         trainer.train()
         return trainer.save_model(merge_lora=True)

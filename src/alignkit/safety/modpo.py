@@ -17,13 +17,13 @@ resume and metrics). The implicit reward of the model trained for ``w`` approxim
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from alignkit.errors import ConfigError
+from alignkit.evaluation.rundir import write_jsonl
 
 
 class RewardModel(Protocol):
@@ -99,7 +99,7 @@ def modpo_sweep(
             records = modpo_records(pairs, weights, target, reward_models)
             run.mkdir(parents=True, exist_ok=True)
             data = run / "modpo.jsonl"
-            data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            write_jsonl(data, records)
             settings = {
                 "model": model,
                 "data": data,
