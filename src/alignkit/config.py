@@ -20,7 +20,7 @@ import difflib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import (
@@ -59,6 +59,11 @@ def _group_model(field: Any) -> type[BaseModel] | None:
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
+def _is_section(group: type[BaseModel] | None) -> bool:
+    """Whether a group is a *section*: reached only by its name, its options not flattened."""
+    return group is not None and not getattr(group, "flatten_options", True)
+
+
 class ConfigOption(NamedTuple):
     """One option of a command config: where it sits in the nested model, and its field."""
 
@@ -78,7 +83,7 @@ def config_options(cls: type[BaseModel]) -> dict[str, ConfigOption]:
         key = _key(name, field)
         group = _group_model(field)
         leaves = {key: ConfigOption((key,), field)}
-        if group is not None:
+        if group is not None and not _is_section(group):
             leaves = {
                 k: ConfigOption((key, *o.path), o.field) for k, o in config_options(group).items()
             }
@@ -137,9 +142,16 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
 
 
 class CommandConfig(BaseModel):
-    """Base class of command configs: unknown keys are errors; flat option names are accepted."""
+    """Base class of command configs: unknown keys are errors; flat option names are accepted.
+
+    A config used as a group of another is flattened into it (its options answer to their plain
+    names) unless it sets ``flatten_options = False``: then it is a *section*, one option of the
+    outer config whose own options are written under its name (``redteam: {attacks: [...]}``),
+    so sections may repeat option names (every pipeline stage has its own ``enabled``).
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    flatten_options: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -218,11 +230,12 @@ def _unknown_key(cls: type[BaseModel], loc: KeyPath, name: str) -> str:
     """'unknown <name>' with the closest valid names, or the list of valid names."""
     *parent, key = loc
     group = _model_at(cls, tuple(parent)) if parent else None
-    if group is not None:
+    if group is not None and not _is_section(group):
         candidates = sorted(_key(n, f) for n, f in group.model_fields.items())
     else:
-        top = [_key(n, f) for n, f in cls.model_fields.items()]
-        candidates = sorted(set(top) | set(config_options(cls)))
+        group = group or cls
+        top = [_key(n, f) for n, f in group.model_fields.items()]
+        candidates = sorted(set(top) | set(config_options(group)))
     name = name or f"option {key!r}"
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     if close:
@@ -231,11 +244,17 @@ def _unknown_key(cls: type[BaseModel], loc: KeyPath, name: str) -> str:
 
 
 def _option_path(cls: type[BaseModel], loc: KeyPath) -> KeyPath:
-    """The longest prefix of an error location that is an option (drops list indices)."""
-    paths = {option.path for option in config_options(cls).values()}
+    """The longest prefix of an error location that is an option (drops list indices); inside
+    a section, the option of the section."""
+    options = {option.path: option for option in config_options(cls).values()}
     for i in range(len(loc), 0, -1):
-        if loc[:i] in paths:
-            return loc[:i]
+        option = options.get(loc[:i])
+        if option is None:
+            continue
+        section = _group_model(option.field)
+        if _is_section(section) and len(loc) > i:
+            return (*loc[:i], *_option_path(section, loc[i:]))
+        return loc[:i]
     return loc
 
 
@@ -375,16 +394,12 @@ class BuildTestbedConfig(CommandConfig):
 
 
 class BehaviourConfig(CommandConfig):
-    """``alignkit testbed info`` and ``alignkit demo``: measure a model's behaviour."""
+    """``alignkit testbed info``: measure a model's behaviour."""
 
     model: ModelString = Field("testbed", description="Model string of the model to measure.")
     n: int = Field(100, ge=1, description="Prompts per behaviour metric.")
     seed: int = Field(0, description="Seed for sampling the evaluation prompts.")
     json_path: Path | None = Field(None, alias="json", description="Also write the report as JSON.")
-
-
-class DemoConfig(BehaviourConfig):
-    """``alignkit demo``: the alignment loop on the testbed (stages arrive with later work)."""
 
 
 TestbedKind = Literal[World.KINDS]  # type: ignore[valid-type]
@@ -417,7 +432,6 @@ __all__ = [
     "BuildTestbedConfig",
     "CommandConfig",
     "ConfigOption",
-    "DemoConfig",
     "GenerateConfig",
     "ModelString",
     "SampleTestbedConfig",
