@@ -155,6 +155,19 @@ def test_early_stop_budget_and_query_caps(tmp_path):
     assert capped.count() == 3 and summary.stopped == "max_queries"
 
 
+def test_attack_behaviours_limits_an_attack_to_the_first_n(tmp_path):
+    store = CampaignStore(tmp_path / "a.sqlite")
+    limited = {"scripted": 2}
+    attack = Scripted(["please a"])
+    RedTeaming(
+        Fake(), [attack], BEHAVIOURS, store=store, judge="sure", attack_behaviours=limited
+    ).run()
+    assert sorted({a.behaviour_id for a in store.attempts()}) == ["b0", "b1"]
+    with pytest.raises(ConfigError, match="attack_behaviours: \\['gcg'\\] are not attacks"):
+        RedTeaming(Fake(), [attack], BEHAVIOURS, store=tmp_path / "b.sqlite", judge="sure",
+                   attack_behaviours={"gcg": 1})  # fmt: skip
+
+
 def test_export_writes_refusal_over_compliance(tmp_path):
     store = CampaignStore(tmp_path / "c.sqlite")
     RedTeaming(Fake(), [Scripted(["please x"])], BEHAVIOURS, store=store, judge="sure").run()

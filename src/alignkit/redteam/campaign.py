@@ -87,6 +87,7 @@ class RedTeaming:
         seed: int = 0,
         n_behaviours: int | None = None,
         progress: bool | None = None,
+        attack_behaviours: dict[str, int] | None = None,
     ) -> None:
         self.store = store if isinstance(store, CampaignStore) else CampaignStore(store)
         self.behaviours = _behaviours(behaviours, n_behaviours, seed)
@@ -110,6 +111,10 @@ class RedTeaming:
         self.max_time = max_time
         self.early_stop = early_stop
         self.progress = progress
+        self.limits = dict(attack_behaviours or {})
+        unknown = sorted(set(self.limits) - {a.meta.name for a in self.attacks})
+        if unknown:
+            raise ConfigError(f"attack_behaviours: {unknown} are not attacks of this campaign")
 
     def _attack(self, spec: AttackSpec) -> Attack:
         if isinstance(spec, str):
@@ -195,15 +200,19 @@ class RedTeaming:
 
     # ------------------------------------------------------------------ the loop
 
+    def _targets(self, attack: Attack) -> list[Behaviour]:
+        """The behaviours ``attack`` works on: all, or the first N of ``attack_behaviours``."""
+        return self.behaviours[: self.limits.get(attack.meta.name)]
+
     def run(self) -> CampaignSummary:
         """Rounds until every (attack, behaviour) pair is finished or a cap is reached."""
         summary = CampaignSummary()
         start = time.monotonic()
-        pairs = len(self.attacks) * len(self.behaviours)
+        pairs = sum(len(self._targets(a)) for a in self.attacks)
         with _bar(self.progress, pairs) as bar:
             while True:
                 proposals = [
-                    p for a in self.attacks for b in self.behaviours for p in self._next(a, b)
+                    p for a in self.attacks for b in self._targets(a) for p in self._next(a, b)
                 ]
                 bar(len(self.store.done()), self.store.count())
                 if not proposals:

@@ -26,6 +26,10 @@ class RedTeamConfig(CommandConfig):
     attack_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-attack options, e.g. {gcg: {num_steps: 200}}."
     )
+    attack_behaviours: dict[str, int] = Field(
+        default_factory=dict,
+        description="Attack only the first N behaviours with an attack, e.g. {gcg: 4}.",
+    )
     judge: str | None = Field(
         None, description="Primary judge (default: testbed for testbed behaviours, else refusal)."
     )

@@ -104,6 +104,7 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             max_time=config.max_time,
             early_stop=config.early_stop,
             seed=config.seed,
+            attack_behaviours=config.attack_behaviours,
         )
         run.summary = campaign.run()
     if "quality-diversity" in config.attacks:
