@@ -79,3 +79,40 @@ def test_the_constraint_is_met_where_plain_dpo_misses_it(tmp_path):
         return run.run().value("testbed/helpful")
 
     assert helpful(constrained) >= helpful(plain) - 0.05
+
+
+def test_lagrangian_keeps_soft_labels_and_hardens_flipped_ones():
+    pairs = [
+        {"prompt": "p", "chosen": "bad", "rejected": "good", "soft_label": 0.7},
+        {"prompt": "p", "chosen": "good", "rejected": "bad", "soft_label": 0.6},
+    ]
+    records, flips = lagrangian_records(pairs, FakeCost(), lam=1.0, help_gap=1.0)
+    assert flips == 1
+    assert (records[0]["chosen"], records[0]["soft_label"]) == ("good", 1.0)
+    assert (records[1]["chosen"], records[1]["soft_label"]) == ("good", 0.6)
+
+
+def test_dpo_options_reach_every_round_and_are_checked(tmp_path):
+    from alignkit.safety.constrained import SafetyConfig
+
+    config = SafetyConfig(dpo_options={"lora": True, "lora_r": 4, "precision": "bf16"})
+    dpo = config.dpo_config(tmp_path / "d.jsonl", tmp_path / "out")
+    assert (dpo.lora, dpo.lora_r, dpo.precision, dpo.beta) == (True, 4, "bf16", config.beta)
+    with pytest.raises(ConfigError, match=r"dpo_options: \['beta'\] are set by the safety"):
+        SafetyConfig(dpo_options={"beta": 0.5}).dpo_config(tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match="dpo_options: lora_r: "):
+        SafetyConfig(dpo_options={"lora_r": 0}).dpo_config(tmp_path, tmp_path)
+
+
+def test_accelerate_launcher_trains_a_round_in_a_subprocess(testbed_path, tmp_path):
+    """The multi-GPU path (``launcher: accelerate``) run with one CPU process: the round is
+    trained by ``accelerate launch -m alignkit dpo`` and its final model is written."""
+    from alignkit.evaluation.rundir import write_jsonl
+    from alignkit.safety.constrained import SafetyConfig, launch_dpo
+
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, constrained_pairs(n_benign=8)[:16])
+    config = SafetyConfig(device="cpu", dpo_options={"max_steps": 2})
+    final = launch_dpo(config.dpo_config(data, tmp_path / "round"), num_processes=1)
+    assert (final / "config.json").exists() and (final / "model.safetensors").exists()
+    assert "Traceback" not in (tmp_path / "round" / "accelerate.log").read_text()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from alignkit.config import CommandConfig, ModelString
 from alignkit.errors import AlignkitError, ConfigError, DataError
@@ -65,6 +65,15 @@ class SafetyConfig(CommandConfig):
     beta: float = Field(0.1, gt=0)
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
+    dpo_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More DPO options for every round, e.g. {lora: true, precision: bf16}.",
+    )
+    launcher: Literal["python", "accelerate"] = Field(
+        "python",
+        description="Train each round in this process, or with 'accelerate launch' (multi-GPU).",
+    )
+    num_processes: int = Field(1, ge=1, description="accelerate: processes (GPUs) per round.")
     output_dir: Path = Field(Path("runs/safety"), description="Rounds, models and history.")
     seed: int = 0
     device: str = "auto"
@@ -72,11 +81,66 @@ class SafetyConfig(CommandConfig):
     def dpo_config(self, data: Path, out: Path):
         from alignkit.dpo import DPOConfig
 
-        return DPOConfig(
+        settings = dict(
             model=self.model, data=data, output_dir=out, learning_rate=self.learning_rate,
             beta=self.beta, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
             device=self.device, kl_samples=0,
         )  # fmt: skip
+        taken = sorted(set(self.dpo_options) & (set(settings) - {"kl_samples"}))
+        if taken:
+            raise ConfigError(
+                f"dpo_options: {taken} are set by the safety options themselves; set them there"
+            )
+        try:
+            return DPOConfig.model_validate({**settings, **self.dpo_options})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"dpo_options: {problems}") from None
+
+
+def launch_dpo(config, num_processes: int) -> Path:
+    """Run ``alignkit dpo`` on ``config`` under ``accelerate launch`` (one process per GPU) and
+    return its final model directory. A failed launch raises :class:`AlignkitError` naming the
+    log file."""
+    import subprocess
+    import sys
+
+    from alignkit.config import dump_config
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file, log = out / "dpo.yaml", out / "accelerate.log"
+    config_file.write_text(dump_config(config.model_copy(update={"resume": True})))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
+        str(num_processes), "-m", "alignkit", "dpo", "--config", str(config_file),
+    ]  # fmt: skip
+    if config.device == "cpu":
+        command[3:3] = ["--cpu"]
+    with log.open("w") as handle:
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
+    final = out / "final"
+    if code != 0 or not (final / "config.json").exists() and not _merge_adapter(final):
+        raise AlignkitError(f"accelerate launch of DPO failed (exit {code}); see {log}")
+    return final
+
+
+def _merge_adapter(final: Path) -> bool:
+    """Turn a saved LoRA adapter in ``final`` into a whole model there; False if none."""
+    if not (final / "adapter_config.json").exists():
+        return False
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    merged = AutoPeftModelForCausalLM.from_pretrained(final).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    for adapter_file in final.glob("adapter_*"):
+        adapter_file.unlink()
+    merged.save_pretrained(final, safe_serialization=True)
+    tokenizer.save_pretrained(final)
+    return True
 
 
 def safe_reorder(pairs: Sequence[dict], margin: float) -> tuple[list[dict], dict[str, int]]:
@@ -111,7 +175,10 @@ def lagrangian_records(
         keep = help_gap - lam * (c - r) >= 0
         flips += not keep
         chosen, rejected = (p["chosen"], p["rejected"]) if keep else (p["rejected"], p["chosen"])
-        records.append({"prompt": p["prompt"], "chosen": chosen, "rejected": rejected})
+        record = {"prompt": p["prompt"], "chosen": chosen, "rejected": rejected}
+        if p.get("soft_label") is not None:  # a flip is the constraint's call: a hard label
+            record["soft_label"] = p["soft_label"] if keep else 1.0
+        records.append(record)
     return records, flips
 
 
@@ -128,7 +195,13 @@ class SafetyResult:
 class SafetyAlignment:
     """Constrained DPO (module docstring): ``SafetyAlignment(SafetyConfig(...)).train()``."""
 
-    def __init__(self, config: SafetyConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: SafetyConfig | None = None,
+        pairs: Sequence[dict] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._pairs = list(pairs) if pairs is not None else None
         base = config.model_dump() if config else {}
         self.config = SafetyConfig.model_validate({**base, **overrides})
         if not 0.0 <= self.config.threshold < 1.0:
@@ -139,7 +212,10 @@ class SafetyAlignment:
         self.out = Path(self.config.output_dir)
 
     def pairs(self) -> list[dict]:
-        """Helpfulness-ordered pairs with safety flags."""
+        """Helpfulness-ordered pairs with safety flags (those given to the constructor, if
+        any: the cost model relabels every pair, so their flags may be partial)."""
+        if self._pairs is not None:
+            return self._pairs
         if self.config.data == "testbed":
             return testbed_constrained_pairs(seed=self.config.seed)
         from alignkit.safety.data import load_value_pairs
@@ -210,7 +286,10 @@ class SafetyAlignment:
         run.mkdir(parents=True, exist_ok=True)
         data = run / "data.jsonl"
         write_jsonl(data, records)
-        trainer = DPOTrainer(config=self.config.dpo_config(data, run))
+        config = self.config.dpo_config(data, run)
+        if self.config.launcher == "accelerate":
+            return launch_dpo(config, self.config.num_processes)
+        trainer = DPOTrainer(config=config)
         trainer.train()
         return trainer.save_model(merge_lora=True)
 
