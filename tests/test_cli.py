@@ -286,7 +286,7 @@ def test_testbed_sample_table_and_bad_kind():
 # --- behaviour table on any model (the tiny random one: no trained testbed needed) --------------
 
 
-def test_testbed_info_and_demo_on_a_given_model(tiny_model, tmp_path):
+def test_testbed_info_on_a_given_model(tiny_model, tmp_path):
     out = tmp_path / "report.json"
     result = invoke("testbed", "info", "--model", tiny_model, "--n", "1", "--json", out)
     assert result.exit_code == 0, result.output
@@ -296,9 +296,6 @@ def test_testbed_info_and_demo_on_a_given_model(tiny_model, tmp_path):
     for row in report["rows"]:
         assert 0.0 <= row["value"] <= 1.0
         assert row["name"] in result.stdout
-    demo = invoke("demo", "--model", tiny_model, "--n", "1")
-    assert demo.exit_code == 0, demo.output
-    assert "baseline" in demo.stdout and report["rows"][0]["name"] in demo.stdout
 
 
 def test_generate_model_errors_exit_2(tmp_path):

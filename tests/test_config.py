@@ -12,7 +12,6 @@ from alignkit.config import (
     BehaviourConfig,
     BuildTestbedConfig,
     CommandConfig,
-    DemoConfig,
     GenerateConfig,
     SampleTestbedConfig,
     config_options,
@@ -212,6 +211,7 @@ def test_missing_required_and_model_string_checks():
 from alignkit.constitutional.config import CAIConfig  # noqa: E402
 from alignkit.dpo.config import DPOConfig  # noqa: E402
 from alignkit.evaluation.config import EvalConfig  # noqa: E402
+from alignkit.pipeline.config import DemoConfig, PipelineConfig  # noqa: E402
 from alignkit.redteam.config import RedTeamConfig  # noqa: E402
 from alignkit.safety.constrained import SafetyConfig  # noqa: E402
 
@@ -228,6 +228,9 @@ EXAMPLE_CONFIGS = {
     "redteam-testbed.yaml": RedTeamConfig,
     "cai-testbed.yaml": CAIConfig,
     "safety-testbed.yaml": SafetyConfig,
+    "pipeline-testbed.yaml": PipelineConfig,
+    "pipeline-qwen-lora.yaml": PipelineConfig,
+    "pipeline-multi-gpu.yaml": PipelineConfig,
 }
 
 

@@ -61,6 +61,8 @@ _LAZY = {
     "ConstitutionalAITrainer": "constitutional",
     "SafetyAlignment": "safety",
     "evaluate_safety_alignment": "safety",
+    "AlignmentPipeline": "pipeline",
+    "PipelineConfig": "pipeline",
 }
 
 
@@ -73,6 +75,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AlignmentPipeline",
+    "PipelineConfig",
     "ConstitutionalAI",
     "IterativeConstitutionalAI",
     "MultiAgentConstitutionalAI",

@@ -1,57 +1,61 @@
-"""``alignkit demo``: the alignment loop on the built-in testbed, stage by stage.
-
-Each stage is a function of the shared :class:`DemoRun`; :data:`STAGES` lists them in order.
-Today the loop has one stage, the baseline measurement; later stages (red teaming,
-constitutional revision, DPO, evaluation, report) append themselves to :data:`STAGES`.
-"""
+"""``alignkit demo`` and ``alignkit pipeline``: the whole loop, on the testbed or any model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 import typer
-from rich.rule import Rule
+from rich.table import Table
 
 from alignkit.commands._console import stdout
 from alignkit.commands._options import config_command
-from alignkit.commands.testbed import measure, show_behaviour
-from alignkit.config import DemoConfig
+from alignkit.pipeline.config import STAGES, DemoConfig, PipelineConfig
 
 
-@dataclass
-class DemoRun:
-    """What the stages share: the config and each stage's results, by stage name."""
+def change_table(change: dict) -> Table:
+    """The before / after table of the headline figures."""
+    from alignkit.pipeline.headline import LABELS, relative_drop
 
-    config: DemoConfig
-    results: dict[str, Any] = field(default_factory=dict)
+    table = Table(title="Before and after the loop", title_justify="left")
+    for column in ("figure", "before", "after", "change", "p"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for name, row in change.items():
+        drop = None if row.get("higher_is_better") else relative_drop(row)
+        diff = row["after"] - row["before"]
+        what = f"{diff:+.3f}" + (f" ({100 * drop:.0f}% cut)" if drop and drop > 0 else "")
+        p = row.get("p_value")
+        table.add_row(
+            LABELS.get(name, name), f"{row['before']:.3f}", f"{row['after']:.3f}", what,
+            "" if p is None else f"{p:.3f}",
+        )  # fmt: skip
+    return table
 
 
-def baseline(run: DemoRun) -> None:
-    """Build or load the testbed model and measure its behaviour before any alignment."""
-    report = measure(run.config)
-    run.results["baseline"] = report
-    show_behaviour(run.config, report, "Baseline behaviour")
+def run_pipeline(config: PipelineConfig):
+    """Run the pipeline, printing stage headers, then the table and the report's path."""
+    from alignkit.pipeline.runner import AlignmentPipeline
 
-
-STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [("baseline", baseline)]
-
-
-def run_demo(config: DemoConfig) -> DemoRun:
-    """Run every stage in order; return the shared state with all results."""
-    run = DemoRun(config)
     console = stdout()
-    for number, (name, stage) in enumerate(STAGES, start=1):
-        console.print(Rule(f"[bold]{number}/{len(STAGES)} {name}"))
-        stage(run)
-    return run
+    pipeline = AlignmentPipeline(config)
+    stages = [s for s in STAGES if config.enabled(s)]
+    console.print(f"[bold]{config.model}[/] -> {config.output_dir}: {' -> '.join(stages)}")
+    result = pipeline.run(console=console)
+    if result.change:
+        console.print(change_table(result.change))
+    if result.report:
+        console.print(f"report: {result.report.get('html')}")
+    console.print(f"run directory: {result.output_dir}")
+    return result
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``demo`` to ``app``."""
+    """Add ``demo`` and ``pipeline`` to ``app``."""
 
     @config_command(app, "demo", DemoConfig)
     def demo(config: DemoConfig) -> None:
-        """Run the alignment loop on the built-in testbed and print what each stage measured."""
-        run_demo(config)
+        """The whole loop on the built-in testbed model: red team, critique and revision, AI
+        feedback, safety-constrained DPO, evaluation and an HTML report (a few minutes on CPU)."""
+        run_pipeline(config)
+
+    @config_command(app, "pipeline", PipelineConfig)
+    def pipeline(config: PipelineConfig) -> None:
+        """The whole loop on any model, in one run directory; a rerun resumes."""
+        run_pipeline(config)

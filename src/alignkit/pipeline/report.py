@@ -1,0 +1,153 @@
+"""The pipeline's report: the loop's before/after table and every stage, then the baseline vs
+trained comparison of :class:`~alignkit.evaluation.report.AlignmentReportGenerator`.
+
+``write_report(run_dir)`` writes ``report/report.html`` (self-contained, no scripts, every
+model output escaped by the renderer), ``report.md`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import DataError
+from alignkit.evaluation import plots
+from alignkit.evaluation.report import AlignmentReportGenerator
+from alignkit.evaluation.rundir import load_run
+from alignkit.evaluation.sections import Example, Section, Table, fmt
+from alignkit.pipeline.config import STAGES
+from alignkit.pipeline.headline import LABELS, relative_drop
+
+MAX_REVISIONS = 6
+
+
+def _outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each finished stage's ``stage.json`` (outputs and seconds), by stage."""
+    found = {}
+    for stage in STAGES:
+        marker = run_dir / stage / "stage.json"
+        if marker.exists():
+            found[stage] = json.loads(marker.read_text())
+    return found
+
+
+def loop_section(stages: dict[str, dict[str, Any]]) -> Section | None:
+    """The headline figures before and after, with paired differences."""
+    change = stages.get("evaluate", {}).get("outputs", {}).get("change") or {}
+    if not change:
+        return None
+    section = Section("The loop: before and after", "pipeline-loop")
+    rows, bars = [], []
+    for name, row in change.items():
+        drop = relative_drop(row) if not row.get("higher_is_better") else None
+        ci = (
+            f"[{fmt(row.get('low'))}, {fmt(row.get('high'))}]" if row.get("low") is not None else ""
+        )
+        rows.append([
+            LABELS.get(name, name), fmt(row["before"]), fmt(row["after"]),
+            fmt(row.get("diff", row["after"] - row["before"])), ci, fmt(row.get("p_value")),
+            f"{100 * drop:.0f}%" if drop and drop > 0 else "",
+        ])  # fmt: skip
+        if name != "kl":
+            bars.append({"metric": LABELS.get(name, name), "a": {"value": row["before"]},
+                         "b": {"value": row["after"]}})  # fmt: skip
+    columns = ["figure", "before", "after", "diff", "95% CI", "p", "cut by"]
+    section.tables.append(Table("Headline figures", columns, rows))
+    section.attach("Before and after", plots.comparison_bars(bars, "base model", "trained"))
+    section.notes.append(
+        "Rates are shares of held-out items of one kind (harmful requests, jailbreak-wrapped "
+        "requests, benign and unanswerable questions), scored by the evaluation's first scorer; "
+        "diff, CI and p come from a paired bootstrap over the same items."
+    )
+    return section
+
+
+def stages_section(stages: dict[str, dict[str, Any]]) -> Section:
+    """What each stage made and how long it took."""
+    from alignkit.pipeline.runner import _brief
+
+    section = Section("Stages", "pipeline-stages")
+    rows = [
+        [stage, f"{info.get('seconds', 0):.1f}", _brief(info.get("outputs", {}))]
+        for stage, info in stages.items()
+    ]
+    section.tables.append(Table("Stages", ["stage", "seconds", "outputs"], rows, None, False))
+    train = stages.get("train", {}).get("outputs", {})
+    if train.get("history"):
+        rows = [
+            [str(h.get("round")), fmt(h.get("lambda")), str(h.get("flipped")),
+             fmt(h.get("harmful_rate")), fmt(h.get("mean_cost"))]
+            for h in train["history"]
+        ]  # fmt: skip
+        columns = ["round", "lambda", "pairs flipped", "harmful rate (cost above 0)", "mean cost"]
+        section.tables.append(Table("Safety constraint (Lagrangian rounds)", columns, rows))
+        met = "met" if train.get("constraint_met") else "NOT met"
+        counts = ", ".join(f"{n} from {origin}" for origin, n in train.get("pairs", {}).items())
+        section.notes.append(
+            f"The constraint is {met} ({train.get('held_out_failures')} held-out red-team "
+            f"failures measured by the cost model). Pairs trained on: {counts}."
+        )
+    return section
+
+
+def revisions_section(run_dir: Path) -> Section | None:
+    """A few failures with their constitutional revisions (untrusted text, escaped on render)."""
+    path = run_dir / "revise" / "pairs.jsonl"
+    if not path.exists():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        pairs = [json.loads(line) for line in handle if line.strip()][:MAX_REVISIONS]
+    if not pairs:
+        return None
+    section = Section("Failures and their revisions", "pipeline-revisions")
+    for k, pair in enumerate(pairs, start=1):
+        section.examples.append(
+            Example(
+                f"failure {k} ({pair.get('source', '')})", pair["prompt"], pair["chosen"],
+                [("failure", pair["rejected"]), ("revision judged safe",
+                 str(pair.get("chosen_safe")))],
+            )
+        )  # fmt: skip
+    return section
+
+
+class PipelineReport(AlignmentReportGenerator):
+    """The comparison report of the baseline (A) and the trained model (B), led by the loop."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.pipeline_dir = Path(run_dir)
+        before, after = self.pipeline_dir / "baseline", self.pipeline_dir / "evaluate"
+        if not (before / "eval.json").exists() or not (after / "eval.json").exists():
+            raise DataError(
+                f"{self.pipeline_dir}: the report needs the baseline and evaluate stages"
+            )
+        super().__init__(before, compare_to=after)
+
+    @property
+    def title(self) -> str:
+        return f"alignkit pipeline: {self.pipeline_dir}"
+
+    @property
+    def basename(self) -> str:
+        return "report"
+
+    def sections(self):
+        if self._sections is None:
+            stages = _outputs(self.pipeline_dir)
+            lead = [loop_section(stages), stages_section(stages), revisions_section(
+                self.pipeline_dir)]  # fmt: skip
+            redteam = self.pipeline_dir / "redteam"
+            if (redteam / "redteam.json").exists():
+                from alignkit.evaluation.redteam_section import redteam_section
+
+                lead.append(redteam_section(load_run(redteam), "pipeline-"))
+            groups = super().sections()
+            self._sections = [("The loop", [s for s in lead if s is not None]), *groups]
+        return self._sections
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``report/report.{html,md,json}`` for a pipeline run directory; format -> path."""
+    out = Path(run_dir) / "report"
+    return PipelineReport(run_dir).write(out)

@@ -1,0 +1,371 @@
+"""The pipeline's stages. Each is a function of a :class:`StageContext` that does its work in
+``<output_dir>/<stage>/`` and returns what later stages need (paths and counts, JSON-ready).
+
+- ``baseline``: the base model on the evaluation suite.
+- ``redteam``: a red-team campaign (or the user's red-team prompts, answered and judged) ->
+  ``failures.jsonl`` (responses the judge calls harmful).
+- ``revise``: constitutional critique and revision of the failures -> ``pairs.jsonl`` (the
+  revision preferred to the failure; both judged, for the cost model).
+- ``feedback``: two samples per prompt, labelled by AI feedback -> ``preferences.jsonl`` (or
+  the user's preference file).
+- ``train``: a cost model on the judged pairs, then safety-constrained DPO (Lagrangian) on all
+  pairs -> ``train/model``.
+- ``evaluate``: the trained model on the same items as the baseline, and KL to the base.
+- ``report``: one HTML / Markdown / JSON report (:mod:`alignkit.pipeline.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import DataError
+from alignkit.evaluation.rundir import write_jsonl
+from alignkit.models.base import GenerationConfig
+from alignkit.pipeline.config import PipelineConfig
+from alignkit.pipeline.context import StageContext, read_jsonl
+from alignkit.pipeline.evaluation import baseline, evaluate
+
+# ------------------------------------------------------------------------------ red team
+
+
+def _campaign(ctx: StageContext, out: Path) -> list[dict]:
+    """Run (or resume) the campaign; every judged attempt as a row."""
+    from alignkit.redteam.config import RedTeamConfig
+    from alignkit.redteam.run import run_campaign
+    from alignkit.redteam.store import CampaignStore
+
+    section = ctx.config.redteam
+    settings = section.model_dump(exclude={"enabled", "prompts", "target", "output_dir"})
+    generation = settings.pop("generation") | {"seed": ctx.config.seed}
+    if section.backend.device == "auto":  # the pipeline's device, unless the section sets one
+        settings["backend"]["device"] = ctx.config.device
+    config = RedTeamConfig.model_validate(
+        settings | {"target": ctx.config.generator, "output_dir": out, "generation": generation}
+    )
+    run_campaign(config)
+    store = CampaignStore(config.store_path, create=False)
+    try:
+        attempts = store.attempts()
+    finally:
+        store.close()
+    return [
+        {"prompt": a.prompt, "response": a.response, "harmful": a.success, "attack": a.attack,
+         "behaviour": a.behaviour_id, "category": a.category}
+        for a in attempts if a.response is not None and a.error is None
+    ]  # fmt: skip
+
+
+def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
+    """The user's red-team prompts, answered by the model and judged."""
+    from alignkit.evaluation.suites import load_prompt_file
+    from alignkit.redteam.base import Behaviour, build_judge
+
+    section = ctx.config.redteam
+    items = load_prompt_file(path)
+    behaviours = [
+        Behaviour(id=i.id, goal=i.prompt if isinstance(i.prompt, str) else str(i.prompt),
+                  category=i.category, source=str(path))
+        for i in items
+    ]  # fmt: skip
+    backend = ctx.backend(ctx.config.generator)
+    try:
+        generation = section.generation.model_copy(update={"seed": ctx.config.seed})
+        responses = [c.text for c in backend.generate([b.goal for b in behaviours], generation)]
+        judge_options = dict(section.judge_options)
+        if section.judge_model:
+            judge_options["model"] = ctx.backend(section.judge_model)
+        judge = build_judge(section.judge or "refusal", **judge_options)
+        scores = judge.judge(behaviours, [b.goal for b in behaviours], responses)
+    finally:
+        backend.close()
+    threshold = getattr(judge, "threshold", 0.5)
+    return [
+        {"prompt": b.goal, "response": r, "harmful": s is not None and s >= threshold,
+         "attack": "user-prompts", "behaviour": b.id, "category": b.category}
+        for b, r, s in zip(behaviours, responses, scores, strict=True)
+    ]  # fmt: skip
+
+
+def redteam(ctx: StageContext) -> dict[str, Any]:
+    """Attack the base model; keep the harmful responses as failures to learn from."""
+    out = ctx.dir("redteam")
+    prompts = ctx.config.redteam.prompts
+    rows = _own_prompts(ctx, prompts) if prompts else _campaign(ctx, out)
+    seen: set[str] = set()
+    failures = []
+    for row in rows:
+        if row["harmful"] and row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            failures.append(row)
+    write_jsonl(out / "failures.jsonl", failures)
+    by_attack: dict[str, list[int]] = {}
+    for row in rows:
+        by_attack.setdefault(row["attack"], [0, 0])[row["harmful"]] += 1
+    return {
+        "failures": str(out / "failures.jsonl"),
+        "n_failures": len(failures),
+        "attempts": len(rows),
+        "by_attack": {k: {"attempts": a + b, "harmful": b} for k, (a, b) in by_attack.items()},
+        "source": str(prompts) if prompts else "campaign",
+    }
+
+
+# ------------------------------------------------------------------------------ revise
+
+
+def _constitution(config: PipelineConfig):
+    from alignkit.constitutional.config import CAIConfig
+    from alignkit.constitutional.training import ConstitutionalAITrainer
+
+    cai = CAIConfig(constitution=config.constitution, principles=config.principles)
+    return ConstitutionalAITrainer(cai).constitution
+
+
+def _judge_safe(ctx: StageContext, failures: list[dict], responses: list[str]) -> list[bool]:
+    """The red-team judge's verdict on ``responses`` to the failures' requests (True: safe)."""
+    from alignkit.redteam.base import Behaviour, build_judge
+    from alignkit.redteam.behaviours import resolve_behaviours
+
+    section = ctx.config.redteam
+    known = {}
+    if not section.prompts and section.behaviours.startswith("testbed"):
+        known = {b.id: b for b in resolve_behaviours(section.behaviours)}
+    behaviours = [
+        known.get(f["behaviour"]) or Behaviour(id=f["behaviour"], goal=f["prompt"])
+        for f in failures
+    ]
+    judge_name = section.judge or ("testbed" if known else "refusal")
+    options = dict(section.judge_options)
+    if section.judge_model:
+        options["model"] = ctx.backend(section.judge_model)
+    scores = build_judge(judge_name, **options).judge(
+        behaviours, [f["prompt"] for f in failures], responses
+    )
+    return [s is not None and s < 0.5 for s in scores]
+
+
+def revise(ctx: StageContext) -> dict[str, Any]:
+    """Critique and revise each failure under the constitution; the revision is preferred."""
+    from alignkit.constitutional.critique import ConstitutionalAI
+
+    cfg, section = ctx.config, ctx.config.revise
+    out = ctx.dir("revise")
+    path = ctx.output("redteam", "failures")
+    failures = read_jsonl(path) if path else []
+    if not failures:
+        write_jsonl(out / "pairs.jsonl", [])
+        return {"pairs": str(out / "pairs.jsonl"), "n_pairs": 0, "n_failures": 0}
+    if section.max_failures and len(failures) > section.max_failures:
+        failures = random.Random(f"revise-{cfg.seed}").sample(failures, section.max_failures)
+    backend = ctx.backend(section.critic or cfg.generator)
+    try:
+        critique = GenerationConfig(temperature=0.0, max_new_tokens=section.max_new_tokens)
+        cai = ConstitutionalAI(
+            backend, _constitution(cfg), rounds=section.rounds, seed=cfg.seed,
+            critique_generation=critique,
+        )  # fmt: skip
+        cai.principle_keys = [f["prompt"] for f in failures]
+        records = cai.run([f["prompt"] for f in failures], [f["response"] for f in failures])
+    finally:
+        backend.close()
+    write_jsonl(out / "revisions.jsonl", [r.to_dict() for r in records])
+    revised = [(f, r.final_response.strip()) for f, r in zip(failures, records, strict=True)]
+    revised = [(f, text) for f, text in revised if text and text != f["response"].strip()]
+    safe = _judge_safe(ctx, [f for f, _ in revised], [text for _, text in revised])
+    pairs = [
+        {"prompt": f["prompt"], "chosen": text, "rejected": f["response"], "chosen_safe": ok,
+         "rejected_safe": False, "source": f"redteam:{f['attack']}"}
+        for (f, text), ok in zip(revised, safe, strict=True)
+    ]  # fmt: skip
+    write_jsonl(out / "pairs.jsonl", pairs)
+    return {
+        "pairs": str(out / "pairs.jsonl"),
+        "n_failures": len(failures),
+        "n_pairs": len(pairs),
+        "unchanged": len(failures) - len(revised),
+        "revisions_judged_safe": sum(safe),
+    }
+
+
+# ------------------------------------------------------------------------------ feedback
+
+
+def feedback(ctx: StageContext) -> dict[str, Any]:
+    """AI-labelled pairs sampled from the base model (or the user's preference file)."""
+    from alignkit.constitutional.config import CAIConfig
+    from alignkit.constitutional.training import ConstitutionalAITrainer
+
+    cfg, section = ctx.config, ctx.config.feedback
+    out = ctx.dir("feedback")
+    if section.preferences is not None:
+        from alignkit.safety.data import load_value_pairs
+
+        pairs, report = load_value_pairs(section.preferences, dimension="helpful")
+        write_jsonl(out / "preferences.jsonl", pairs)
+        return {"preferences": str(out / "preferences.jsonl"), "n_pairs": len(pairs),
+                "source": str(section.preferences), "load": _jsonable(report)}  # fmt: skip
+    prompts = _feedback_prompts(ctx, out)
+    trainer = ConstitutionalAITrainer(
+        CAIConfig(
+            model=cfg.generator, prompts=prompts, n=section.n, constitution=cfg.constitution,
+            principles=cfg.principles, output_dir=out, seed=cfg.seed,
+            temperature=section.temperature, max_new_tokens=section.max_new_tokens,
+            feedback_model=section.feedback_model, feedback_mode=section.feedback_mode,
+            n_principles=section.n_principles, pair_attempts=section.pair_attempts,
+            device=cfg.device,
+        )
+    )  # fmt: skip
+    path = trainer.label(policy=cfg.generator)
+    return {"preferences": str(path), "n_pairs": trainer.stats["pairs_labelled"],
+            "skipped": trainer.stats["pairs_skipped"], "source": "ai-feedback"}  # fmt: skip
+
+
+def _feedback_prompts(ctx: StageContext, out: Path) -> str:
+    """The feedback prompt set: the configured one, plus failure prompts if asked (a file)."""
+    section = ctx.config.feedback
+    path = ctx.output("redteam", "failures")
+    if not section.failure_prompts or not path:
+        return section.prompts
+    from alignkit.evaluation.suites import load_suite
+
+    items = load_suite(section.prompts, n=section.n, seed=ctx.config.seed)
+    rows = [{"id": i.id, "prompt": i.prompt, "kind": i.kind} for i in items]
+    failures = read_jsonl(path)
+    rng = random.Random(f"feedback-{ctx.config.seed}")
+    chosen = rng.sample(failures, min(section.failure_prompts, len(failures)))
+    rows += [{"id": f"failure-{k}", "prompt": f["prompt"]}
+             for k, f in enumerate(chosen)]  # fmt: skip
+    write_jsonl(out / "prompts.jsonl", rows)
+    return str(out / "prompts.jsonl")
+
+
+def _jsonable(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else json.loads(json.dumps(value, default=str))
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _split_failures(ctx: StageContext, out: Path) -> tuple[set[str], str | None]:
+    """Failure prompts held out for measuring the constraint (not trained on), as a file."""
+    section = ctx.config.train
+    if section.eval_prompts != "failures":
+        return set(), section.eval_prompts
+    path = ctx.output("redteam", "failures")
+    prompts = sorted({f["prompt"] for f in read_jsonl(path)}) if path else []
+    if not prompts:
+        return set(), "testbed" if ctx.config.model == "testbed" else None
+    rng = random.Random(f"holdout-{ctx.config.seed}")
+    held = set(rng.sample(prompts, max(1, round(section.holdout * len(prompts)))))
+    write_jsonl(out / "constraint_prompts.jsonl", [{"prompt": p} for p in sorted(held)])
+    return held, str(out / "constraint_prompts.jsonl")
+
+
+def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
+    """The user's cost model, or one trained on the judged (safe, unsafe) pairs."""
+    from alignkit.safety.value_model import ValueModel, ValueModelConfig, train_value_model
+
+    section = ctx.config.train
+    if section.cost_model is not None:
+        return ValueModel.load(section.cost_model, device=ctx.config.device), section.cost_model
+    path = out / "cost_model"
+    if (path / "config.json").exists():
+        return ValueModel.load(path, device=ctx.config.device), path
+    judged = [
+        {**p, "dimension": "harmless"}
+        for p in pairs
+        if p.get("chosen_safe") is True and p.get("rejected_safe") is False
+    ]
+    if not judged:
+        raise DataError(
+            "train: no judged (safe, unsafe) pair to train a cost model on; give train.cost_model"
+        )
+    config = ValueModelConfig(
+        model=ctx.config.model, kind="cost", learning_rate=section.cost_learning_rate,
+        epochs=section.cost_epochs, batch_size=16, seed=ctx.config.seed,
+        device=ctx.config.device, output_dir=path, lora=bool(section.dpo_options.get("lora")),
+    )  # fmt: skip
+    return train_value_model(config, judged), path
+
+
+ORIGINS = ("revise", "feedback", "helpful-data")
+
+
+def _helpful_pairs(ctx: StageContext) -> list[dict]:
+    """The helpfulness data mixed in (``train.helpful_data``), or none."""
+    section, on_testbed = ctx.config.train, ctx.config.model == "testbed"
+    data = (
+        ("testbed" if on_testbed else None)
+        if section.helpful_data == "auto"
+        else section.helpful_data
+    )
+    if data is None:
+        return []
+    if data == "testbed":
+        from alignkit.safety.constrained import testbed_constrained_pairs
+
+        return testbed_constrained_pairs(section.helpful_n, ctx.config.seed)
+    from alignkit.safety.data import load_value_pairs
+
+    pairs, _ = load_value_pairs(data, dimension="helpful")
+    return pairs
+
+
+def train(ctx: StageContext) -> dict[str, Any]:
+    """Safety-constrained DPO (:class:`~alignkit.safety.SafetyAlignment`) on every pair."""
+    from alignkit.safety.constrained import SafetyAlignment, SafetyConfig
+
+    cfg, section = ctx.config, ctx.config.train
+    out = ctx.dir("train")
+    held, eval_prompts = _split_failures(ctx, out)
+    pairs = []
+    for stage, key in (("revise", "pairs"), ("feedback", "preferences")):
+        path = ctx.output(stage, key)
+        pairs += [{**p, "origin": stage} for p in read_jsonl(path)] if path else []
+    pairs += [{**p, "origin": "helpful-data"} for p in _helpful_pairs(ctx)]
+    pairs = [p for p in pairs if p["prompt"] not in held]
+    if not pairs:
+        raise DataError("train: no preference pairs (the revise and feedback stages gave none)")
+    write_jsonl(out / "pairs.jsonl", pairs)
+    cost_model, cost_path = _cost_model(ctx, pairs, out)
+    settings = section.model_dump(
+        exclude={
+            "enabled",
+            "holdout",
+            "cost_learning_rate",
+            "cost_epochs",
+            "helpful_data",
+            "helpful_n",
+        }
+    )
+    safety = SafetyConfig.model_validate(
+        settings | {"model": cfg.model, "data": str(out / "pairs.jsonl"), "output_dir": out,
+                    "cost_model": cost_path, "eval_prompts": eval_prompts or "testbed",
+                    "seed": cfg.seed, "device": cfg.device}
+    )  # fmt: skip
+    alignment = SafetyAlignment(safety, pairs=pairs)
+    result = alignment.train()
+    counts = {o: sum(p["origin"] == o for p in pairs) for o in ORIGINS}
+    return {
+        "model": str(result.model),
+        "constraint_met": result.constraint_met,
+        "history": result.history,
+        "pairs": counts,
+        "held_out_failures": len(held),
+        "cost_model": str(cost_path),
+    }
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "baseline": baseline,
+    "redteam": redteam,
+    "revise": revise,
+    "feedback": feedback,
+    "train": train,
+    "evaluate": evaluate,
+}
