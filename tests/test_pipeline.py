@@ -163,3 +163,27 @@ def test_sections_keep_their_own_option_names():
     assert config.enabled("revise") and config.enabled("baseline")
     with pytest.raises(ValueError, match="set by the pipeline"):
         PipelineConfig.model_validate({"train": {"model": "testbed"}})
+
+
+def test_an_interrupted_revise_stage_resumes_its_chunks(demo, tmp_path, monkeypatch):
+    from alignkit.constitutional.critique import ConstitutionalAI
+
+    config, _ = demo
+    copy = tmp_path / "run"
+    shutil.copytree(config.output_dir, copy)
+    original = (copy / "revise" / "pairs.jsonl").read_text()
+    revisions = copy / "revise" / "revisions.jsonl"
+    lines = revisions.read_text().splitlines(keepends=True)
+    revisions.write_text("".join(lines[:100]) + lines[100][:40])  # a crash mid-write
+    (copy / "revise" / "stage.json").unlink()
+    seen: list[int] = []
+    run = ConstitutionalAI.run
+
+    def counting(self, prompts, responses=None):
+        seen.append(len(prompts))
+        return run(self, prompts, responses)
+
+    monkeypatch.setattr(ConstitutionalAI, "run", counting)
+    result = AlignmentPipeline(config.model_copy(update={"output_dir": copy})).run()
+    assert result.ran == ["revise"] and sum(seen) == len(lines) - 100
+    assert (copy / "revise" / "pairs.jsonl").read_text() == original

@@ -36,9 +36,14 @@ class EvaluationSection(Section):
 
     suite: str = Field("testbed", description="'testbed' or a JSONL file of {prompt, kind}.")
     n: int = Field(200, ge=1, description="testbed: held-out prompts of each kind.")
-    scorers: list[str] = Field(
-        default_factory=lambda: ["testbed", "refusal"],
-        description="Scorers; the first gives the headline table (testbed: ground truth).",
+    scorers: list[str] | None = Field(
+        None,
+        description="Scorers; the first gives the headline table (default: testbed and refusal "
+        "on the testbed model, refusal otherwise).",
+    )
+    scorer_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Scorer options, e.g. {judge: MODEL, rubric: critique} for llm-judge.",
     )
     kl_prompts: int = Field(32, ge=0, description="Prompts sampled for KL(policy || base).")
     replay_behaviours: str | None = Field(
@@ -209,6 +214,16 @@ class PipelineConfig(CommandConfig):
         if value is not None and value not in STAGES:
             raise ValueError(f"unknown stage {value!r}; stages are {', '.join(STAGES)}")
         return value
+
+    @model_validator(mode="after")
+    def _defaults_for_the_model(self) -> PipelineConfig:
+        """Ground-truth judges and scorers only know the testbed model's answers."""
+        on_testbed = self.generator == "testbed"
+        if self.evaluation.scorers is None:
+            self.evaluation.scorers = ["testbed", "refusal"] if on_testbed else ["refusal"]
+        if self.redteam.judge is None:
+            self.redteam.judge = "testbed" if on_testbed else "refusal"
+        return self
 
     def enabled(self, stage: str) -> bool:
         """Whether ``stage`` runs: not skipped, and its section (if any) is enabled."""

@@ -27,7 +27,7 @@ def _evaluate(ctx: StageContext, model: str, out: Path):
         evaluator = AlignmentEvaluator(
             backend, cfg.suite, cfg.scorers, n=cfg.n, seed=ctx.config.seed,
             generation=cfg.generation.model_copy(update={"seed": ctx.config.seed}),
-            cache=False, suite_name=cfg.suite,
+            cache=False, suite_name=cfg.suite, **cfg.scorer_options,
         )  # fmt: skip
         result = evaluator.run(out)
     finally:
@@ -45,7 +45,7 @@ def _replay(ctx: StageContext, model: str, out: Path) -> dict[str, Any] | None:
     spec = cfg.replay_behaviours
     if spec is None:
         return None
-    judge = section.judge or ("testbed" if spec.startswith("testbed") else "refusal")
+    judge = section.judge
     options = dict(section.attack_options.get("templates", {}))
     store = CampaignStore(out / "replay.sqlite")
     backend = ctx.backend(model)

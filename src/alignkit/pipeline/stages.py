@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -78,7 +79,7 @@ def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
         judge_options = dict(section.judge_options)
         if section.judge_model:
             judge_options["model"] = ctx.backend(section.judge_model)
-        judge = build_judge(section.judge or "refusal", **judge_options)
+        judge = build_judge(section.judge, **judge_options)
         scores = judge.judge(behaviours, [b.goal for b in behaviours], responses)
     finally:
         backend.close()
@@ -138,7 +139,7 @@ def _judge_safe(ctx: StageContext, failures: list[dict], responses: list[str]) -
         known.get(f["behaviour"]) or Behaviour(id=f["behaviour"], goal=f["prompt"])
         for f in failures
     ]
-    judge_name = section.judge or ("testbed" if known else "refusal")
+    judge_name = section.judge
     options = dict(section.judge_options)
     if section.judge_model:
         options["model"] = ctx.backend(section.judge_model)
@@ -148,10 +149,47 @@ def _judge_safe(ctx: StageContext, failures: list[dict], responses: list[str]) -
     return [s is not None and s < 0.5 for s in scores]
 
 
+REVISE_CHUNK = 128
+
+
+def _revisions(ctx: StageContext, failures: list[dict], path: Path) -> list[dict]:
+    """The CAI record of each failure (``chosen`` is the final revision), made a chunk at a
+    time into ``path`` (a rerun after a crash keeps the finished chunks)."""
+    from alignkit.constitutional.critique import ConstitutionalAI
+    from alignkit.constitutional.training import ChunkStore
+    from alignkit.progress import make_progress
+
+    cfg, section = ctx.config, ctx.config.revise
+    keys = [hashlib.sha256(f["prompt"].encode()).hexdigest()[:16] for f in failures]
+    store = ChunkStore(path)
+    todo = [(k, f) for k, f in zip(keys, failures, strict=True) if k not in store.rows]
+    backend = ctx.backend(section.critic or cfg.generator) if todo else None
+    try:
+        with make_progress() as bar:
+            task = bar.add_task("revise", total=len(keys), completed=len(keys) - len(todo), info="")
+            for start in range(0, len(todo), REVISE_CHUNK):
+                chunk = todo[start : start + REVISE_CHUNK]
+                cai = ConstitutionalAI(
+                    backend, _constitution(cfg), rounds=section.rounds, seed=cfg.seed,
+                    critique_generation=GenerationConfig(
+                        temperature=0.0, max_new_tokens=section.max_new_tokens),
+                )  # fmt: skip
+                cai.principle_keys = [f["prompt"] for _, f in chunk]
+                records = cai.run(
+                    [f["prompt"] for _, f in chunk], [f["response"] for _, f in chunk]
+                )
+                store.append(
+                    {"id": k, **r.to_dict()} for (k, _), r in zip(chunk, records, strict=True)
+                )
+                bar.update(task, advance=len(chunk))
+    finally:
+        if backend is not None:
+            backend.close()
+    return [store.rows[k] for k in keys]
+
+
 def revise(ctx: StageContext) -> dict[str, Any]:
     """Critique and revise each failure under the constitution; the revision is preferred."""
-    from alignkit.constitutional.critique import ConstitutionalAI
-
     cfg, section = ctx.config, ctx.config.revise
     out = ctx.dir("revise")
     path = ctx.output("redteam", "failures")
@@ -161,19 +199,8 @@ def revise(ctx: StageContext) -> dict[str, Any]:
         return {"pairs": str(out / "pairs.jsonl"), "n_pairs": 0, "n_failures": 0}
     if section.max_failures and len(failures) > section.max_failures:
         failures = random.Random(f"revise-{cfg.seed}").sample(failures, section.max_failures)
-    backend = ctx.backend(section.critic or cfg.generator)
-    try:
-        critique = GenerationConfig(temperature=0.0, max_new_tokens=section.max_new_tokens)
-        cai = ConstitutionalAI(
-            backend, _constitution(cfg), rounds=section.rounds, seed=cfg.seed,
-            critique_generation=critique,
-        )  # fmt: skip
-        cai.principle_keys = [f["prompt"] for f in failures]
-        records = cai.run([f["prompt"] for f in failures], [f["response"] for f in failures])
-    finally:
-        backend.close()
-    write_jsonl(out / "revisions.jsonl", [r.to_dict() for r in records])
-    revised = [(f, r.final_response.strip()) for f, r in zip(failures, records, strict=True)]
+    records = _revisions(ctx, failures, out / "revisions.jsonl")
+    revised = [(f, r["chosen"].strip()) for f, r in zip(failures, records, strict=True)]
     revised = [(f, text) for f, text in revised if text and text != f["response"].strip()]
     safe = _judge_safe(ctx, [f for f, _ in revised], [text for _, text in revised])
     pairs = [
