@@ -187,3 +187,43 @@ def test_an_interrupted_revise_stage_resumes_its_chunks(demo, tmp_path, monkeypa
     result = AlignmentPipeline(config.model_copy(update={"output_dir": copy})).run()
     assert result.ran == ["revise"] and sum(seen) == len(lines) - 100
     assert (copy / "revise" / "pairs.jsonl").read_text() == original
+
+
+def test_the_loop_runs_on_any_hf_model_with_lora(tmp_path):
+    """A generic HF model (a tiny random Llama, not the testbed): refusal judge and scorers,
+    a user-given cost model on that backbone, LoRA rounds merged into a whole model, KL."""
+    from tiny_models import make_tiny_model
+
+    from alignkit.safety.value_model import ValueModelConfig, train_value_model
+
+    model = "hf:" + str(make_tiny_model(tmp_path / "tiny"))
+    cost_pairs = [
+        {"prompt": f"request {i}", "chosen": "I can't help with that.", "rejected": f"Sure {i}",
+         "chosen_safe": True, "rejected_safe": False, "dimension": "harmless"}
+        for i in range(16)
+    ]  # fmt: skip
+    cost = ValueModelConfig(model=model, kind="cost", output_dir=tmp_path / "cost", device="cpu")
+    train_value_model(cost, cost_pairs, progress=False)
+    prefs = _write_jsonl(
+        tmp_path / "prefs.jsonl",
+        [{"prompt": f"q {i}", "chosen": "a helpful answer", "rejected": "no"} for i in range(24)],
+    )
+    config = PipelineConfig(
+        model=model, output_dir=tmp_path / "run", device="cpu", principles=None,
+        evaluation={"n": 4, "kl_prompts": 4, "replay_max_attempts": 2,
+                    "generation": {"max_new_tokens": 8}},
+        redteam={"n_behaviours": 3, "attacks": ["templates"], "max_attempts": 4,
+                 "attack_behaviours": {}, "max_new_tokens": 8},
+        revise={"max_new_tokens": 8},
+        feedback={"preferences": prefs},
+        train={"cost_model": tmp_path / "cost", "rounds": 1, "threshold": 0.99,
+               "dpo_options": {"lora": True, "lora_r": 4, "max_steps": 2}},
+    )  # fmt: skip
+    assert config.redteam.judge == "refusal" and config.evaluation.scorers == ["refusal"]
+    result = AlignmentPipeline(config).run()
+    assert result.ran == list(STAGES)
+    assert result.outputs["redteam"]["attempts"] == 12
+    final = Path(result.outputs["train"]["model"])
+    assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()
+    assert set(result.change) >= {"harmful_compliance", "helpful", "redteam_asr", "kl"}
+    assert (tmp_path / "run" / "report" / "report.html").is_file()
