@@ -33,7 +33,7 @@ LABELS = {
     "helpful": "benign helpfulness",
     "over_refusal": "over-refusal",
     "honest": "honesty",
-    "redteam_asr": "red-team template ASR (held out)",
+    "redteam_asr": "red-team ASR (held out)",
     "kl": "KL to the base model (nats)",
 }
 
