@@ -116,3 +116,16 @@ def test_accelerate_launcher_trains_a_round_in_a_subprocess(testbed_path, tmp_pa
     final = launch_dpo(config.dpo_config(data, tmp_path / "round"), num_processes=1)
     assert (final / "config.json").exists() and (final / "model.safetensors").exists()
     assert "Traceback" not in (tmp_path / "round" / "accelerate.log").read_text()
+
+
+def test_a_small_violation_still_moves_lambda_to_a_new_relabelling():
+    from alignkit.safety.constrained import next_multiplier, relabel
+
+    pairs = [{"prompt": "p", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(3)]
+    gaps = [4.0, 0.5, -1.0]  # pair 0 flips once lam > 0.25, pair 1 once lam > 2
+    assert relabel(pairs, gaps, 1.0)[1] == 1
+    lam = next_multiplier(1.0, rate=0.202, threshold=0.2, lr=1.0, gaps=gaps, help_gap=1.0)
+    assert 2.0 < lam < 2.001 and relabel(pairs, gaps, lam)[1] == 2
+    big = next_multiplier(1.0, rate=0.9, threshold=0.2, lr=10.0, gaps=gaps, help_gap=1.0)
+    assert big == pytest.approx(8.0)  # the plain dual step when it goes further
+    assert next_multiplier(1.0, 0.1, 0.2, 1.0, gaps, 1.0) == pytest.approx(0.9)  # met: relax

@@ -10,8 +10,9 @@ safety labels (the PKU-SafeRLHF shape), through the ordinary DPO trainer.
     >= 0`` and is flipped otherwise; then plain DPO. After each round the policy answers
     held-out red-team prompts, the cost model's harmful rate (cost > 0) is compared with the
     threshold and ``lam`` takes a dual-ascent step, ``lam <- max(0, lam + lr * (rate -
-    threshold))``; each round trains afresh from the starting model with the new ``lam``, until
-    the constraint holds or the rounds run out.
+    threshold))``, raised if needed to the next value that relabels one more pair (a small
+    violation would otherwise retrain on the same labels); each round trains afresh from the
+    starting model with the new ``lam``, until the constraint holds or the rounds run out.
 ``safe-dpo``
     Safety-aware reordering in the spirit of SafeDPO (Kim et al. 2025): where the helpfulness
     label prefers an unsafe response over a safe one, the pair is flipped; where the preferred
@@ -163,16 +164,21 @@ def safe_reorder(pairs: Sequence[dict], margin: float) -> tuple[list[dict], dict
     return out, counts
 
 
-def lagrangian_records(
-    pairs: Sequence[dict], cost_model, lam: float, help_gap: float = 1.0
-) -> tuple[list[dict], int]:
-    """Pairs relabelled by ``R_help - lam * cost`` (C-DPO); returns records and flips."""
+def cost_gaps(pairs: Sequence[dict], cost_model) -> list[float]:
+    """``cost(chosen) - cost(rejected)`` of every pair, by the cost model."""
     prompts = [p["prompt"] for p in pairs]
     cost_c = cost_model.score(prompts, [p["chosen"] for p in pairs])
     cost_r = cost_model.score(prompts, [p["rejected"] for p in pairs])
+    return [c - r for c, r in zip(cost_c, cost_r, strict=True)]
+
+
+def relabel(
+    pairs: Sequence[dict], gaps: Sequence[float], lam: float, help_gap: float = 1.0
+) -> tuple[list[dict], int]:
+    """Pairs relabelled by ``R_help - lam * cost`` given their cost gaps; records and flips."""
     records, flips = [], 0
-    for p, c, r in zip(pairs, cost_c, cost_r, strict=True):
-        keep = help_gap - lam * (c - r) >= 0
+    for p, gap in zip(pairs, gaps, strict=True):
+        keep = help_gap - lam * gap >= 0
         flips += not keep
         chosen, rejected = (p["chosen"], p["rejected"]) if keep else (p["rejected"], p["chosen"])
         record = {"prompt": p["prompt"], "chosen": chosen, "rejected": rejected}
@@ -180,6 +186,26 @@ def lagrangian_records(
             record["soft_label"] = p["soft_label"] if keep else 1.0
         records.append(record)
     return records, flips
+
+
+def lagrangian_records(
+    pairs: Sequence[dict], cost_model, lam: float, help_gap: float = 1.0
+) -> tuple[list[dict], int]:
+    """Pairs relabelled by ``R_help - lam * cost`` (C-DPO); returns records and flips."""
+    return relabel(pairs, cost_gaps(pairs, cost_model), lam, help_gap)
+
+
+def next_multiplier(
+    lam: float, rate: float, threshold: float, lr: float, gaps: Sequence[float], help_gap: float
+) -> float:
+    """The dual-ascent step ``max(0, lam + lr * (rate - threshold))``; while the constraint is
+    violated, raised if needed to the smallest multiplier that relabels one more pair, so a
+    small violation does not retrain on the same labels."""
+    step = max(0.0, lam + lr * (rate - threshold))
+    if rate <= threshold:
+        return step
+    kept = [help_gap / g for g in gaps if g > 0 and help_gap - lam * g >= 0]
+    return max(step, min(kept) * (1 + 1e-6)) if kept else step
 
 
 @dataclass
@@ -304,15 +330,16 @@ class SafetyAlignment:
             model = self._train_round(records, "safe-dpo")
             history.append({"round": 1, **self.measure(f"hf:{model}", cost_model)})
         else:
-            lam = cfg.lambda_init
+            lam, gaps = cfg.lambda_init, cost_gaps(pairs, cost_model)
             for round_ in range(1, cfg.rounds + 1):
-                records, flips = lagrangian_records(pairs, cost_model, lam, cfg.help_gap)
+                records, flips = relabel(pairs, gaps, lam, cfg.help_gap)
                 model = self._train_round(records, f"round-{round_}")
                 measured = self.measure(f"hf:{model}", cost_model)
                 history.append({"round": round_, "lambda": lam, "flipped": flips, **measured})
                 if measured["harmful_rate"] <= cfg.threshold:
                     break
-                lam = max(0.0, lam + cfg.lambda_lr * (measured["harmful_rate"] - cfg.threshold))
+                rate = measured["harmful_rate"]
+                lam = next_multiplier(lam, rate, cfg.threshold, cfg.lambda_lr, gaps, cfg.help_gap)
         met = history[-1]["harmful_rate"] <= cfg.threshold
         result = SafetyResult(model, met, history, report)
         summary = {"model": str(model), "constraint_met": met, "history": history, "data": report}
