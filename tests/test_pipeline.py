@@ -227,3 +227,19 @@ def test_the_loop_runs_on_any_hf_model_with_lora(tmp_path):
     assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()
     assert set(result.change) >= {"harmful_compliance", "helpful", "redteam_asr", "kl"}
     assert (tmp_path / "run" / "report" / "report.html").is_file()
+
+
+def test_pipeline_cli_runs_resumes_and_skips(testbed_path, tmp_path):
+    config = tmp_path / "p.yaml"
+    config.write_text("evaluation: {n: 5, replay_behaviours: null}\n")
+    skips = [
+        a for s in ("redteam", "revise", "feedback", "train", "evaluate") for a in ("--skip", s)
+    ]
+    args = ("pipeline", "--config", config, "--output-dir", tmp_path / "run", "--device", "cpu")
+    first = invoke(*args, *skips)
+    assert first.exit_code == 0, first.output
+    assert "1/2 baseline" in first.stdout and "baseline finished" in first.stdout
+    assert "report skipped" in first.stdout  # nothing to compare without evaluate
+    assert (tmp_path / "run" / "baseline" / "eval.json").is_file()
+    again = invoke(*args, *skips)
+    assert again.exit_code == 0 and "(finished earlier, kept)" in again.stdout
