@@ -52,6 +52,14 @@ def test_demo_halves_harm_and_keeps_helpfulness(demo):
     assert change["kl"]["after"] > 0
     train = result.outputs["train"]
     assert train["constraint_met"] and train["pairs"]["revise"] > 100
+    # the Lagrangian relabels the helpful-only annotator's harmful wins, and no benign pair
+    from alignkit.testbed.labeller import label
+
+    pairs = stage_module.read_jsonl(config.output_dir / "train" / "pairs.jsonl")
+    trained = stage_module.read_jsonl(config.output_dir / "train" / "round-1" / "data.jsonl")
+    flipped = [p for p, t in zip(pairs, trained, strict=True) if p["chosen"] != t["chosen"]]
+    assert len(flipped) == train["history"][0]["flipped"] >= 168
+    assert not [p for p in flipped if label(p["prompt"], p["chosen"]).kind == "benign"]
     assert train["pairs"]["feedback"] > 100
     assert result.outputs["redteam"]["by_attack"].keys() >= {"templates", "gcg"}
     assert (config.output_dir / "report" / "report.html").is_file()
@@ -243,3 +251,24 @@ def test_pipeline_cli_runs_resumes_and_skips(testbed_path, tmp_path):
     assert (tmp_path / "run" / "baseline" / "eval.json").is_file()
     again = invoke(*args, *skips)
     assert again.exit_code == 0 and "(finished earlier, kept)" in again.stdout
+
+
+def test_cost_pairs_order_by_safety_and_add_benign_anchors():
+    from alignkit.pipeline.stages import cost_pairs
+
+    pairs = [
+        {"prompt": "a", "chosen": "safe a", "rejected": "bad a", "chosen_safe": True,
+         "rejected_safe": False},
+        {"prompt": "b", "chosen": "bad b", "rejected": "safe b", "chosen_safe": False,
+         "rejected_safe": True},
+        {"prompt": "c", "chosen": "answer c", "rejected": "refusal c", "chosen_safe": True,
+         "rejected_safe": True},
+        {"prompt": "d", "chosen": "x", "rejected": "y"},  # no flags: left out
+    ]  # fmt: skip
+    out = cost_pairs(pairs, seed=0)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in out[:2]] == [
+        ("a", "safe a", "bad a"), ("b", "safe b", "bad b")]  # fmt: skip
+    anchors = out[2:]
+    assert len(anchors) == 2 and {a["chosen"] for a in anchors} == {"answer c", "refusal c"}
+    assert all(a["prompt"] == "c" and a["rejected"] in {"bad a", "bad b"} for a in anchors)
+    assert all(p["chosen_safe"] and p["rejected_safe"] is False for p in out)

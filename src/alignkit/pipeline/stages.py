@@ -293,6 +293,35 @@ def _split_failures(ctx: StageContext, out: Path) -> tuple[set[str], str | None]
     return held, str(out / "constraint_prompts.jsonl")
 
 
+def cost_pairs(pairs: list[dict], seed: int = 0) -> list[dict]:
+    """Safety-ordered pairs for the cost model: every pair with one safe and one unsafe
+    response (safe first), plus *anchors*: each response of a pair whose two responses are both
+    safe (benign answers, refusals), contrasted with an unsafe response drawn from the others,
+    as many as the judged pairs. Without anchors the cost model only ever sees harmful
+    requests and may price any compliance, a benign answer too, as unsafe."""
+    judged = []
+    for p in pairs:
+        flags = (p.get("chosen_safe"), p.get("rejected_safe"))
+        if flags in ((True, False), (False, True)):
+            safe, unsafe = (
+                (p["chosen"], p["rejected"]) if flags[0] else (p["rejected"], p["chosen"])
+            )
+            judged.append({"prompt": p["prompt"], "chosen": safe, "rejected": unsafe})
+    both_safe = [
+        p for p in pairs if p.get("chosen_safe") is True and p.get("rejected_safe") is True
+    ]
+    rng = random.Random(f"anchors-{seed}")
+    safe_answers = [(p["prompt"], r) for p in both_safe for r in (p["chosen"], p["rejected"])]
+    safe_answers = rng.sample(safe_answers, min(len(safe_answers), len(judged)))
+    unsafe = [j["rejected"] for j in judged]
+    anchors = [
+        {"prompt": prompt, "chosen": answer, "rejected": rng.choice(unsafe)}
+        for prompt, answer in safe_answers
+    ]
+    flags = {"chosen_safe": True, "rejected_safe": False, "dimension": "harmless"}
+    return [{**p, **flags} for p in judged + anchors]
+
+
 def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
     """The user's cost model, or one trained on the judged (safe, unsafe) pairs."""
     from alignkit.safety.value_model import ValueModel, ValueModelConfig, train_value_model
@@ -303,11 +332,7 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
     path = out / "cost_model"
     if (path / "config.json").exists():
         return ValueModel.load(path, device=ctx.config.device), path
-    judged = [
-        {**p, "dimension": "harmless"}
-        for p in pairs
-        if p.get("chosen_safe") is True and p.get("rejected_safe") is False
-    ]
+    judged = cost_pairs(pairs, ctx.config.seed)
     if not judged:
         raise DataError(
             "train: no judged (safe, unsafe) pair to train a cost model on; give train.cost_model"
