@@ -12,15 +12,15 @@ from alignkit.pipeline.config import STAGES, DemoConfig, PipelineConfig
 
 def change_table(change: dict) -> Table:
     """The before / after table of the headline figures."""
-    from alignkit.pipeline.headline import LABELS, relative_drop
+    from alignkit.pipeline.headline import LABELS, cut
 
     table = Table(title="Before and after the loop", title_justify="left")
     for column in ("figure", "before", "after", "change", "p"):
         table.add_column(column, justify="left" if column == "figure" else "right")
     for name, row in change.items():
-        drop = None if row.get("higher_is_better") else relative_drop(row)
+        drop = cut(row)
         diff = row["after"] - row["before"]
-        what = f"{diff:+.3f}" + (f" ({100 * drop:.0f}% cut)" if drop and drop > 0 else "")
+        what = f"{diff:+.3f}" + ("" if drop is None else f" ({100 * drop:.0f}% cut)")
         p = row.get("p_value")
         table.add_row(
             LABELS.get(name, name), f"{row['before']:.3f}", f"{row['after']:.3f}", what,

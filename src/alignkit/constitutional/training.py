@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,22 @@ class CAIRunResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def select_constitution(path: Path | None, principles: Sequence[str] | None) -> Constitution:
+    """The constitution in ``path`` (default: alignkit's own), cut to ``principles`` if given;
+    an unknown principle id raises :class:`~alignkit.errors.ConfigError`."""
+    constitution = (load_constitution(path) if path else None) or default_constitution()
+    if principles:
+        known = {q.id for q in constitution.principles}
+        unknown = [p for p in principles if p not in known]
+        if unknown:
+            raise ConfigError(
+                f"principles: unknown id(s) {unknown}; the constitution has "
+                f"{', '.join(q.id for q in constitution.principles)}"
+            )
+        constitution = constitution.select(*principles)
+    return constitution
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -113,20 +129,7 @@ class ConstitutionalAITrainer:
 
     # -- inputs ------------------------------------------------------------------------------
     def _constitution(self) -> Constitution:
-        cfg = self.config
-        constitution = load_constitution(cfg.constitution) if cfg.constitution else None
-        constitution = constitution or default_constitution()
-        if cfg.principles:
-            unknown = [
-                p for p in cfg.principles if p not in {q.id for q in constitution.principles}
-            ]
-            if unknown:
-                known = ", ".join(q.id for q in constitution.principles)
-                raise ConfigError(
-                    f"principles: unknown id(s) {unknown}; the constitution has {known}"
-                )
-            constitution = constitution.select(*cfg.principles)
-        return constitution
+        return select_constitution(self.config.constitution, self.config.principles)
 
     def prompts(self) -> list[EvalItem]:
         """The training prompts (their ids key the resumable stores)."""

@@ -30,6 +30,10 @@ class Section(CommandConfig):
     flatten_options = False
     enabled: bool = Field(True, description="Run this stage.")
 
+    def options_for(self, command: type[CommandConfig]) -> dict[str, Any]:
+        """This section's options that ``command``'s config also has, by name."""
+        return self.model_dump(include=set(type(self).model_fields) & set(command.model_fields))
+
 
 class EvaluationSection(Section):
     """How the baseline and final evaluations measure (the same items and settings for both)."""

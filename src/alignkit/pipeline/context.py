@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,22 @@ class StageContext:
 
         return load_backend(model, device=self.config.device)
 
+    @contextmanager
+    def judge(self) -> Iterator[Any]:
+        """The red-team section's judge (its judge model loaded here and closed after)."""
+        from alignkit.redteam.base import build_judge
+
+        section = self.config.redteam
+        options = dict(section.judge_options)
+        model = self.backend(section.judge_model) if section.judge_model else None
+        if model is not None:
+            options["model"] = model
+        try:
+            yield build_judge(section.judge, **options)
+        finally:
+            if model is not None:
+                model.close()
+
     def output(self, stage: str, key: str, default: Any = None) -> Any:
         return self.outputs.get(stage, {}).get(key, default)
 
@@ -36,3 +54,11 @@ class StageContext:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def brief(outputs: dict[str, Any]) -> str:
+    """The counts and flags of a stage's outputs, for one line."""
+    parts = [
+        f"{k.replace('_', ' ')} {v}" for k, v in outputs.items() if isinstance(v, (int, float))
+    ]
+    return ", ".join(parts) or "done"

@@ -45,17 +45,17 @@ def _replay(ctx: StageContext, model: str, out: Path) -> dict[str, Any] | None:
     spec = cfg.replay_behaviours
     if spec is None:
         return None
-    judge = section.judge
     options = dict(section.attack_options.get("templates", {}))
+    generation = section.generation.model_copy(update={"seed": ctx.config.seed})
     store = CampaignStore(out / "replay.sqlite")
     backend = ctx.backend(model)
     try:
-        RedTeaming(
-            backend, [("templates", options)], spec, store=store, judge=judge,
-            judge_options=dict(section.judge_options), generation=section.generation.model_copy(
-                update={"seed": ctx.config.seed}), max_attempts=cfg.replay_max_attempts,
-            early_stop=False, seed=ctx.config.seed,
-        ).run()  # fmt: skip
+        with ctx.judge() as judge:
+            RedTeaming(
+                backend, [("templates", options)], spec, store=store, judge=judge,
+                generation=generation, max_attempts=cfg.replay_max_attempts, early_stop=False,
+                seed=ctx.config.seed,
+            ).run()  # fmt: skip
         attempts = [a for a in store.attempts() if a.response is not None]
         summary = RedTeamingEvaluator(store, seed=ctx.config.seed)
         asr, per_attempt = summary.asr()["templates"], summary.attempt_success()["all"]
@@ -76,15 +76,14 @@ def baseline(ctx: StageContext) -> dict[str, Any]:
     return {"run_dir": str(out), "headline": headline(result, kl=0.0), "replay": replay}
 
 
-def _kl(ctx: StageContext, model: str, out: Path) -> dict[str, Any] | None:
-    """KL(trained || base) on prompts spread over the suite, in nats per completion."""
+def _kl(ctx: StageContext, model: str, out: Path, items: list) -> dict[str, Any] | None:
+    """KL(trained || base) on prompts spread over the evaluated ``items``, in nats per
+    completion."""
     from alignkit.evaluation.preference import PreferenceAlignmentEvaluator
-    from alignkit.evaluation.suites import load_suite
 
     cfg = ctx.config
     if not cfg.evaluation.kl_prompts:
         return None
-    items = load_suite(cfg.evaluation.suite, n=cfg.evaluation.n, seed=cfg.seed)
     step = max(1, len(items) // cfg.evaluation.kl_prompts)
     policy, base = ctx.backend(model), ctx.backend(cfg.model)
     try:
@@ -106,7 +105,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     out = ctx.dir("evaluate")
     result = _evaluate(ctx, f"hf:{model}", out)
     replay = _replay(ctx, f"hf:{model}", out)
-    kl = _kl(ctx, f"hf:{model}", out)
+    kl = _kl(ctx, f"hf:{model}", out, [row.item for row in result.items])
     figures = headline(result, kl=kl["value"] if kl else None)
     change: dict[str, Any] = {}
     before = ctx.output("baseline", "run_dir")

@@ -15,9 +15,10 @@ evaluation's first scorer: ground truth on the testbed):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from alignkit.pipeline.context import read_jsonl
 
 HEADLINE: dict[str, tuple[str, str, bool, bool]] = {
     # name: (item kind, scorer dimension, take 1 - score, higher is better)
@@ -61,49 +62,43 @@ def headline(result: Any, kl: float | None = None) -> dict[str, Any]:
     return {"scorer": result.scorers[0], "figures": figures}
 
 
-def _items(run_dir: str | Path) -> list[dict[str, Any]]:
-    with open(Path(run_dir) / "eval_items.jsonl", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def paired(
+    before: dict[Any, float], after: dict[Any, float], higher: bool, seed: int = 0
+) -> dict[str, Any] | None:
+    """One figure before and after over the keys both have, with the paired bootstrap test of
+    ``mean(after - before)``; None when they share no key."""
+    from alignkit.evaluation.stats import paired_bootstrap
+
+    keys = sorted(set(before) & set(after))
+    if not keys:
+        return None
+    a, b = [float(before[k]) for k in keys], [float(after[k]) for k in keys]
+    test = paired_bootstrap(a, b, seed=seed).to_dict()
+    return {"before": sum(a) / len(a), "after": sum(b) / len(b), "higher_is_better": higher, **test}
 
 
 def compare(before_dir: str | Path, after_dir: str | Path, scorer: str, seed: int = 0) -> dict:
-    """Every headline figure before and after, with the paired bootstrap difference over the
-    items both runs scored."""
-    from alignkit.evaluation.stats import paired_bootstrap
-
-    before, after = item_scores(_items(before_dir), scorer), item_scores(_items(after_dir), scorer)
-    table: dict[str, Any] = {}
-    for name, (_, _, _, higher) in HEADLINE.items():
-        ids = sorted(set(before[name]) & set(after[name]))
-        if not ids:
-            continue
-        a = [before[name][i] for i in ids]
-        b = [after[name][i] for i in ids]
-        test = paired_bootstrap(a, b, seed=seed)
-        table[name] = {
-            "before": sum(a) / len(a),
-            "after": sum(b) / len(b),
-            "higher_is_better": higher,
-            **{k: v for k, v in test.to_dict().items()},
-        }
-    return table
+    """Every headline figure before and after, paired over the items both runs scored."""
+    before, after = (
+        item_scores(read_jsonl(Path(d) / "eval_items.jsonl"), scorer)
+        for d in (before_dir, after_dir)
+    )
+    rows = {
+        name: paired(before[name], after[name], higher, seed)
+        for name, (_, _, _, higher) in HEADLINE.items()
+    }
+    return {name: row for name, row in rows.items() if row is not None}
 
 
 def compare_replay(before: list[dict], after: list[dict], seed: int = 0) -> dict[str, Any]:
     """The template replay's per-attempt success before and after, paired by attack prompt."""
-    from alignkit.evaluation.stats import paired_bootstrap
-
-    a_by, b_by = (
-        {r["prompt"]: r["success"] for r in before},
-        {r["prompt"]: r["success"] for r in after},
-    )
-    prompts = sorted(set(a_by) & set(b_by))
-    a = [float(a_by[p]) for p in prompts]
-    b = [float(b_by[p]) for p in prompts]
-    test = paired_bootstrap(a, b, seed=seed).to_dict()
-    return {"before": sum(a) / len(a), "after": sum(b) / len(b), "higher_is_better": False, **test}
+    by_prompt = [{r["prompt"]: r["success"] for r in rows} for rows in (before, after)]
+    return paired(*by_prompt, higher=False, seed=seed)
 
 
-def relative_drop(row: dict[str, Any]) -> float | None:
-    """How much of the before value is gone after (0.5: halved); None when before is 0."""
-    return None if not row["before"] else (row["before"] - row["after"]) / row["before"]
+def cut(row: dict[str, Any]) -> float | None:
+    """For a lower-is-better figure that fell, how much of its before value is gone (0.5:
+    halved); None otherwise."""
+    if row.get("higher_is_better") or not row["before"] or row["after"] >= row["before"]:
+        return None
+    return (row["before"] - row["after"]) / row["before"]

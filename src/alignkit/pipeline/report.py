@@ -17,7 +17,8 @@ from alignkit.evaluation.report import AlignmentReportGenerator
 from alignkit.evaluation.rundir import load_run
 from alignkit.evaluation.sections import Example, Section, Table, fmt
 from alignkit.pipeline.config import STAGES
-from alignkit.pipeline.headline import LABELS, relative_drop
+from alignkit.pipeline.context import StageContext, brief
+from alignkit.pipeline.headline import LABELS, cut
 
 MAX_REVISIONS = 6
 
@@ -40,14 +41,14 @@ def loop_section(stages: dict[str, dict[str, Any]]) -> Section | None:
     section = Section("The loop: before and after", "pipeline-loop")
     rows, bars = [], []
     for name, row in change.items():
-        drop = relative_drop(row) if not row.get("higher_is_better") else None
+        drop = cut(row)
         ci = (
             f"[{fmt(row.get('low'))}, {fmt(row.get('high'))}]" if row.get("low") is not None else ""
         )
         rows.append([
             LABELS.get(name, name), fmt(row["before"]), fmt(row["after"]),
             fmt(row.get("diff", row["after"] - row["before"])), ci, fmt(row.get("p_value")),
-            f"{100 * drop:.0f}%" if drop and drop > 0 else "",
+            "" if drop is None else f"{100 * drop:.0f}%",
         ])  # fmt: skip
         if name != "kl":
             bars.append({"metric": LABELS.get(name, name), "a": {"value": row["before"]},
@@ -65,11 +66,9 @@ def loop_section(stages: dict[str, dict[str, Any]]) -> Section | None:
 
 def stages_section(stages: dict[str, dict[str, Any]]) -> Section:
     """What each stage made and how long it took."""
-    from alignkit.pipeline.runner import _brief
-
     section = Section("Stages", "pipeline-stages")
     rows = [
-        [stage, f"{info.get('seconds', 0):.1f}", _brief(info.get("outputs", {}))]
+        [stage, f"{info.get('seconds', 0):.1f}", brief(info.get("outputs", {}))]
         for stage, info in stages.items()
     ]
     section.tables.append(Table("Stages", ["stage", "seconds", "outputs"], rows, None, False))
@@ -151,3 +150,8 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write ``report/report.{html,md,json}`` for a pipeline run directory; format -> path."""
     out = Path(run_dir) / "report"
     return PipelineReport(run_dir).write(out)
+
+
+def report(ctx: StageContext) -> dict[str, Any]:
+    """The ``report`` stage: :func:`write_report` of the run directory."""
+    return {"files": {k: str(v) for k, v in write_report(ctx.out).items()}}

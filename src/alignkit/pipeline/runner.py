@@ -22,6 +22,7 @@ from typing import Any
 from alignkit.errors import ConfigError
 from alignkit.evaluation.rundir import write_json
 from alignkit.pipeline.config import STAGES, PipelineConfig
+from alignkit.pipeline.context import brief
 
 SHARED = ("model", "serve_model", "seed")
 READS = {
@@ -128,10 +129,9 @@ class AlignmentPipeline:
         from alignkit.testbed.build import ensure_testbed, is_built, testbed_dir
 
         if not is_built(testbed_dir()):
-            if console is not None:
-                from rich.rule import Rule
+            from rich.rule import Rule
 
-                console.print(Rule("[bold]building the testbed model[/] (first use, then cached)"))
+            console.print(Rule("[bold]building the testbed model[/] (first use, then cached)"))
             ensure_testbed()
 
     def _prepare(self, stage: str, identity: str) -> dict[str, Any] | None:
@@ -162,11 +162,12 @@ class AlignmentPipeline:
             hf_logging.enable_progress_bar()
 
     def _run(self, console) -> PipelineResult:
+        from rich.console import Console
         from rich.rule import Rule
 
-        from alignkit.pipeline.report import write_report
         from alignkit.pipeline.stages import STAGE_FUNCTIONS, StageContext
 
+        console = console or Console(quiet=True)
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "pipeline.json", cfg.model_dump(mode="json"))
@@ -182,8 +183,7 @@ class AlignmentPipeline:
                 continue
             if stage == "report" and not {"baseline", "evaluate"} <= ctx.outputs.keys():
                 result.skipped.append(stage)  # nothing to compare
-                if console is not None:
-                    console.print("[yellow]report skipped[/]: it needs baseline and evaluate")
+                console.print("[yellow]report skipped[/]: it needs baseline and evaluate")
                 continue
             identity = identities[stage] = self.identity(stage, identities)
             kept = self._prepare(stage, identity)
@@ -191,33 +191,17 @@ class AlignmentPipeline:
             if kept is not None:
                 ctx.outputs[stage] = kept
                 result.kept.append(stage)
-                if console is not None:
-                    console.print(Rule(f"[bold]{number} {stage}[/] (finished earlier, kept)"))
+                console.print(Rule(f"[bold]{number} {stage}[/] (finished earlier, kept)"))
                 continue
-            if console is not None:
-                console.print(Rule(f"[bold]{number} {stage}"))
+            console.print(Rule(f"[bold]{number} {stage}"))
             write_json(self.out / stage / "identity.json", {"identity": identity})
             start = time.monotonic()
-            if stage == "report":
-                outputs = {"files": {k: str(v) for k, v in write_report(self.out).items()}}
-            else:
-                outputs = STAGE_FUNCTIONS[stage](ctx)
+            outputs = STAGE_FUNCTIONS[stage](ctx)
             seconds = time.monotonic() - start
             write_json(self._marker(stage), {"outputs": outputs, "seconds": seconds})
             ctx.outputs[stage] = outputs
             result.ran.append(stage)
             result.seconds[stage] = seconds
-            if console is not None:
-                console.print(f"[green]{stage} finished[/] in {seconds:.1f} s: {_brief(outputs)}")
+            console.print(f"[green]{stage} finished[/] in {seconds:.1f} s: {brief(outputs)}")
         result.outputs = ctx.outputs
         return result
-
-
-def _brief(outputs: dict[str, Any]) -> str:
-    """Counts and flags of a stage's outputs, for one console line."""
-    parts = [
-        f"{k.replace('_', ' ')} {v}"
-        for k, v in outputs.items()
-        if isinstance(v, (int, float, bool)) and not isinstance(v, dict)
-    ]
-    return ", ".join(parts) or "done"

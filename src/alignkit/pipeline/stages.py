@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 from alignkit.errors import DataError
 from alignkit.evaluation.rundir import write_jsonl
 from alignkit.models.base import GenerationConfig
-from alignkit.pipeline.config import PipelineConfig
 from alignkit.pipeline.context import StageContext, read_jsonl
 from alignkit.pipeline.evaluation import baseline, evaluate
+from alignkit.pipeline.report import report
 
 # ------------------------------------------------------------------------------ red team
 
@@ -40,7 +39,7 @@ def _campaign(ctx: StageContext, out: Path) -> list[dict]:
     from alignkit.redteam.store import CampaignStore
 
     section = ctx.config.redteam
-    settings = section.model_dump(exclude={"enabled", "prompts", "target", "output_dir"})
+    settings = section.options_for(RedTeamConfig)
     generation = settings.pop("generation") | {"seed": ctx.config.seed}
     if section.backend.device == "auto":  # the pipeline's device, unless the section sets one
         settings["backend"]["device"] = ctx.config.device
@@ -63,7 +62,7 @@ def _campaign(ctx: StageContext, out: Path) -> list[dict]:
 def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
     """The user's red-team prompts, answered by the model and judged."""
     from alignkit.evaluation.suites import load_prompt_file
-    from alignkit.redteam.base import Behaviour, build_judge
+    from alignkit.redteam.base import Behaviour
 
     section = ctx.config.redteam
     items = load_prompt_file(path)
@@ -76,13 +75,10 @@ def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
     try:
         generation = section.generation.model_copy(update={"seed": ctx.config.seed})
         responses = [c.text for c in backend.generate([b.goal for b in behaviours], generation)]
-        judge_options = dict(section.judge_options)
-        if section.judge_model:
-            judge_options["model"] = ctx.backend(section.judge_model)
-        judge = build_judge(section.judge, **judge_options)
-        scores = judge.judge(behaviours, [b.goal for b in behaviours], responses)
     finally:
         backend.close()
+    with ctx.judge() as judge:
+        scores = judge.judge(behaviours, [b.goal for b in behaviours], responses)
     threshold = getattr(judge, "threshold", 0.5)
     return [
         {"prompt": b.goal, "response": r, "harmful": s is not None and s >= threshold,
@@ -118,17 +114,9 @@ def redteam(ctx: StageContext) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ revise
 
 
-def _constitution(config: PipelineConfig):
-    from alignkit.constitutional.config import CAIConfig
-    from alignkit.constitutional.training import ConstitutionalAITrainer
-
-    cai = CAIConfig(constitution=config.constitution, principles=config.principles)
-    return ConstitutionalAITrainer(cai).constitution
-
-
 def _judge_safe(ctx: StageContext, failures: list[dict], responses: list[str]) -> list[bool]:
     """The red-team judge's verdict on ``responses`` to the failures' requests (True: safe)."""
-    from alignkit.redteam.base import Behaviour, build_judge
+    from alignkit.redteam.base import Behaviour
     from alignkit.redteam.behaviours import resolve_behaviours
 
     section = ctx.config.redteam
@@ -139,14 +127,10 @@ def _judge_safe(ctx: StageContext, failures: list[dict], responses: list[str]) -
         known.get(f["behaviour"]) or Behaviour(id=f["behaviour"], goal=f["prompt"])
         for f in failures
     ]
-    judge_name = section.judge
-    options = dict(section.judge_options)
-    if section.judge_model:
-        options["model"] = ctx.backend(section.judge_model)
-    scores = build_judge(judge_name, **options).judge(
-        behaviours, [f["prompt"] for f in failures], responses
-    )
-    return [s is not None and s < 0.5 for s in scores]
+    with ctx.judge() as judge:
+        scores = judge.judge(behaviours, [f["prompt"] for f in failures], responses)
+    threshold = getattr(judge, "threshold", 0.5)
+    return [s is not None and s < threshold for s in scores]
 
 
 REVISE_CHUNK = 128
@@ -156,10 +140,12 @@ def _revisions(ctx: StageContext, failures: list[dict], path: Path) -> list[dict
     """The CAI record of each failure (``chosen`` is the final revision), made a chunk at a
     time into ``path`` (a rerun after a crash keeps the finished chunks)."""
     from alignkit.constitutional.critique import ConstitutionalAI
-    from alignkit.constitutional.training import ChunkStore
+    from alignkit.constitutional.training import ChunkStore, select_constitution
     from alignkit.progress import make_progress
 
     cfg, section = ctx.config, ctx.config.revise
+    constitution = select_constitution(cfg.constitution, cfg.principles)
+    critique = GenerationConfig(temperature=0.0, max_new_tokens=section.max_new_tokens)
     keys = [hashlib.sha256(f["prompt"].encode()).hexdigest()[:16] for f in failures]
     store = ChunkStore(path)
     todo = [(k, f) for k, f in zip(keys, failures, strict=True) if k not in store.rows]
@@ -170,9 +156,8 @@ def _revisions(ctx: StageContext, failures: list[dict], path: Path) -> list[dict
             for start in range(0, len(todo), REVISE_CHUNK):
                 chunk = todo[start : start + REVISE_CHUNK]
                 cai = ConstitutionalAI(
-                    backend, _constitution(cfg), rounds=section.rounds, seed=cfg.seed,
-                    critique_generation=GenerationConfig(
-                        temperature=0.0, max_new_tokens=section.max_new_tokens),
+                    backend, constitution, rounds=section.rounds, seed=cfg.seed,
+                    critique_generation=critique,
                 )  # fmt: skip
                 cai.principle_keys = [f["prompt"] for _, f in chunk]
                 records = cai.run(
@@ -234,16 +219,14 @@ def feedback(ctx: StageContext) -> dict[str, Any]:
         pairs, report = load_value_pairs(section.preferences, dimension="helpful")
         write_jsonl(out / "preferences.jsonl", pairs)
         return {"preferences": str(out / "preferences.jsonl"), "n_pairs": len(pairs),
-                "source": str(section.preferences), "load": _jsonable(report)}  # fmt: skip
+                "source": str(section.preferences), "load": report.to_dict()}  # fmt: skip
     prompts = _feedback_prompts(ctx, out)
     trainer = ConstitutionalAITrainer(
-        CAIConfig(
-            model=cfg.generator, prompts=prompts, n=section.n, constitution=cfg.constitution,
-            principles=cfg.principles, output_dir=out, seed=cfg.seed,
-            temperature=section.temperature, max_new_tokens=section.max_new_tokens,
-            feedback_model=section.feedback_model, feedback_mode=section.feedback_mode,
-            n_principles=section.n_principles, pair_attempts=section.pair_attempts,
-            device=cfg.device,
+        CAIConfig.model_validate(
+            section.options_for(CAIConfig)
+            | {"model": cfg.generator, "prompts": prompts, "constitution": cfg.constitution,
+               "principles": cfg.principles, "output_dir": out, "seed": cfg.seed,
+               "device": cfg.device}
         )
     )  # fmt: skip
     path = trainer.label(policy=cfg.generator)
@@ -268,11 +251,6 @@ def _feedback_prompts(ctx: StageContext, out: Path) -> str:
              for k, f in enumerate(chosen)]  # fmt: skip
     write_jsonl(out / "prompts.jsonl", rows)
     return str(out / "prompts.jsonl")
-
-
-def _jsonable(value: Any) -> Any:
-    to_dict = getattr(value, "to_dict", None)
-    return to_dict() if callable(to_dict) else json.loads(json.dumps(value, default=str))
 
 
 # ------------------------------------------------------------------------------ train
@@ -385,16 +363,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
         raise DataError("train: no preference pairs (the revise and feedback stages gave none)")
     write_jsonl(out / "pairs.jsonl", pairs)
     cost_model, cost_path = _cost_model(ctx, pairs, out)
-    settings = section.model_dump(
-        exclude={
-            "enabled",
-            "holdout",
-            "cost_learning_rate",
-            "cost_epochs",
-            "helpful_data",
-            "helpful_n",
-        }
-    )
+    settings = section.options_for(SafetyConfig)
     safety = SafetyConfig.model_validate(
         settings | {"model": cfg.model, "data": str(out / "pairs.jsonl"), "output_dir": out,
                     "cost_model": cost_path, "eval_prompts": eval_prompts or "testbed",
@@ -420,4 +389,5 @@ STAGE_FUNCTIONS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "feedback": feedback,
     "train": train,
     "evaluate": evaluate,
+    "report": report,
 }
