@@ -20,6 +20,8 @@ token mean over the whole batch, whereas alignkit's is per example: the two agre
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -29,9 +31,47 @@ from test_dpo_losses import random_logps, select
 
 from alignkit.dpo.losses import PreferenceLogps, compute_loss
 
-pytest.importorskip("trl")
+trl = pytest.importorskip("trl")
 
 TOL = 1e-9  # float64 parity; the requirement is 1e-6
+TESTED_TRL = "1.16"  # the TRL whose private loss code the stand-ins below are written for
+# the private functions called, and the parameters each must take
+TRL_INTERNALS = [
+    ("trl", "DPOTrainer._compute_loss", ("self", "model", "inputs", "return_outputs")),
+    ("trl.experimental.cpo", "CPOTrainer.cpo_loss", ("self", "policy_chosen_logps",
+                                                     "policy_rejected_logps")),
+]  # fmt: skip
+
+
+def trl_internals_differ() -> str | None:
+    """Why this TRL's private loss code cannot be called as these tests call it (None: it can)."""
+    for module_name, attribute, parameters in TRL_INTERNALS:
+        where = f"{module_name}.{attribute}"
+        try:
+            found = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError):
+            return f"TRL {trl.__version__} has no {where} (these tests call TRL {TESTED_TRL}'s)"
+        if tuple(inspect.signature(found).parameters) != parameters:
+            return f"TRL {trl.__version__}'s {where} takes other arguments than TRL {TESTED_TRL}'s"
+    return None
+
+
+def call_trl(function, *args, **kwargs):
+    """``function(*args)``; on a TRL other than the tested one, a stand-in that lacks what its
+    private code reads is a skip with the reason, not an error."""
+    try:
+        return function(*args, **kwargs)
+    except (AttributeError, TypeError, KeyError) as error:
+        if trl.__version__.startswith(f"{TESTED_TRL}."):
+            raise
+        pytest.skip(f"TRL {trl.__version__}'s {function.__qualname__} differs from "
+                    f"TRL {TESTED_TRL}'s: {type(error).__name__}: {error}")  # fmt: skip
+
+
+_DIFFER = trl_internals_differ()
+pytestmark = pytest.mark.skipif(_DIFFER is not None, reason=_DIFFER or "")
 
 
 # --------------------------------------------------------------------------- TRL stand-ins
@@ -114,7 +154,7 @@ def trl_dpo(logps, loss_types, beta, label_smoothing=0.0, loss_weights=None):
         args=SimpleNamespace(discopop_tau=0.05),
     )
     inputs, model = _trl_batch(logps)
-    loss = DPOTrainer._compute_loss(stand_in, model, inputs, return_outputs=False)
+    loss = call_trl(DPOTrainer._compute_loss, stand_in, model, inputs, return_outputs=False)
     logged = stand_in._metrics["train"]
     return float(loss), logged["rewards/chosen"][-1], logged["rewards/rejected"][-1]
 
@@ -131,7 +171,7 @@ def trl_cpo(chosen, rejected, loss_type, beta, label_smoothing=0.0, gamma=0.5):
         simpo_gamma=gamma,
         accelerator=_Accelerator(),
     )
-    return CPOTrainer.cpo_loss(stand_in, chosen, rejected)
+    return call_trl(CPOTrainer.cpo_loss, stand_in, chosen, rejected)
 
 
 # --------------------------------------------------------------------------- parity with TRL
@@ -203,3 +243,25 @@ def test_parity_harness_detects_a_different_loss():
     logps = select(random_logps(seed=1), 0)
     loss, _, _ = trl_dpo(logps, ["sigmoid"], 0.1)
     assert abs(compute_loss(logps, "hinge", beta=0.1).losses.item() - loss) > 1e-3
+
+
+# --------------------------------------------------------------------------- another TRL
+
+
+def test_another_trl_is_a_skip_with_a_reason(monkeypatch):
+    """On a TRL whose private loss code moved or changed, these tests skip and say why."""
+    assert trl_internals_differ() is None  # the installed TRL is the tested one: they run
+    monkeypatch.delattr(trl.DPOTrainer, "_compute_loss")
+    assert "has no trl.DPOTrainer._compute_loss" in trl_internals_differ()
+    monkeypatch.undo()
+    monkeypatch.setattr(trl.DPOTrainer, "_compute_loss", lambda self, model, inputs: None)
+    assert "takes other arguments" in trl_internals_differ()
+
+    def reads_a_new_attribute(stand_in):
+        return stand_in.new_option
+
+    with pytest.raises(AttributeError):  # the tested TRL: a broken stand-in is an error
+        call_trl(reads_a_new_attribute, SimpleNamespace())
+    monkeypatch.setattr(trl, "__version__", "9.0.0")
+    with pytest.raises(pytest.skip.Exception, match=r"TRL 9\.0\.0's .*new_option"):
+        call_trl(reads_a_new_attribute, SimpleNamespace())

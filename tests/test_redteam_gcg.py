@@ -8,9 +8,11 @@ from dataclasses import fields
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from alignkit.errors import ConfigError, UnsupportedError
+from alignkit.errors import ConfigError, ModelError, UnsupportedError
 from alignkit.models.base import GenerationConfig
+from alignkit.redteam import gcg_ops
 from alignkit.redteam.base import ATTACKS, AttackContext, Attempt, Behaviour, build_attack
 from alignkit.redteam.gcg import GCGConfig, GradientBasedRedTeaming, insert_suffix
 from alignkit.redteam.gcg_ops import (
@@ -109,6 +111,34 @@ def test_candidate_sampling_shapes_and_positions(setup):
         assert torch.equal(cands, again)  # seeded: deterministic
 
 
+def _loss_of_embeds(model, problem: Problem, optim: torch.Tensor) -> float:
+    """Mean target cross-entropy with the optimised tokens' embeddings ``optim`` [n, hidden]."""
+    embed = model.get_input_embeddings()
+    parts = [embed(problem.before_ids), optim[None], embed(problem.after_ids)]
+    target = problem.target_ids[0]
+    with torch.no_grad():
+        logits = model(inputs_embeds=torch.cat([*parts, embed(problem.target_ids)], 1)).logits
+    return F.cross_entropy(logits[0, -len(target) - 1 : -1].float(), target).item()
+
+
+def test_token_gradient_is_the_directional_derivative(setup):
+    """Moving the relaxed one-hot at position p from token a toward token b changes the loss at
+    rate grad[p, b] - grad[p, a]: checked against central finite differences."""
+    attack, problem, ids = setup
+    grad = token_gradient(attack.model, problem, ids, attack.score_options)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    weight = attack.model.get_input_embeddings().weight.detach()
+    optim, eps = weight[ids], 1e-2
+    for p in (0, 7, len(ids) - 1):
+        b = int(grad[p].argmin())  # the substitution predicted to lower the loss most
+        step = torch.zeros_like(optim)
+        step[p] = weight[b] - weight[ids[p]]
+        up = _loss_of_embeds(attack.model, problem, optim + eps * step)
+        down = _loss_of_embeds(attack.model, problem, optim - eps * step)
+        expected = (grad[p, b] - grad[p, ids[p]]).item()
+        assert expected < 0 and (up - down) / (2 * eps) == pytest.approx(expected, rel=5e-2)
+
+
 def test_prefix_cache_scoring_equals_full_forward(setup):
     attack, problem, ids = setup
     grad = token_gradient(attack.model, problem, ids, attack.score_options)
@@ -128,6 +158,34 @@ def test_prefix_cache_scoring_equals_full_forward(setup):
     a, _ = candidate_losses(attack.model, plain, cands[:20], mellow)
     b, _ = candidate_losses(attack.model, problem, cands[:20], mellow, current=ids)
     assert torch.allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_candidate_batch_halves_on_out_of_memory(testbed_backend, monkeypatch):
+    """With no batch_size, all candidates go in one forward pass; a pass that runs out of memory
+    is retried with half as many, and the search finds exactly what the unbatched one finds."""
+    goal, target = held_out_behaviours([2])[0]
+    options = {"num_steps": 3, "search_width": 64, "topk": 16, "seed": 0, "progress": False}
+    plain = GradientBasedRedTeaming(testbed_backend, GCGConfig(**options)).run(goal, target)
+    real, rows_seen, limit = gcg_ops._forward, [], 10
+
+    def forward(model, kv, keep=0, want_cache=False, **inputs):
+        rows = next(iter(inputs.values())).shape[0]
+        rows_seen.append(rows)
+        if rows > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, kv, keep, want_cache, **inputs)
+
+    monkeypatch.setattr(gcg_ops, "_forward", forward)
+    attack = GradientBasedRedTeaming(testbed_backend, GCGConfig(**options))
+    squeezed = attack.run(goal, target)
+    assert max(rows_seen) > 32 and 0 < attack._fitted_batch <= limit  # it did fail, then fit
+    assert squeezed.strings == plain.strings and squeezed.best_string == plain.best_string
+    assert squeezed.losses == pytest.approx(plain.losses, abs=1e-5)
+    problems, lead = attack.build_problems([(goal, target)])
+    ids = torch.tensor([attack.tokenizer(lead + INIT, add_special_tokens=False)["input_ids"]])
+    limit = 0  # not even one candidate fits
+    with pytest.raises(ModelError, match="out of memory"):
+        attack.score(problems, ids)
 
 
 def test_universal_loss_is_the_sum_over_behaviours(testbed_backend):

@@ -435,12 +435,6 @@ class HFBackend:
         """The input embedding weight, ``[vocab, hidden]``."""
         return hf_whitebox.embedding_matrix(self.model)
 
-    def token_gradients(
-        self, input_ids: torch.Tensor, optim_slice: slice, target_slice: slice
-    ) -> torch.Tensor:
-        """GCG coordinate gradient; see :func:`alignkit.models.hf_whitebox.token_gradients`."""
-        return hf_whitebox.token_gradients(self.model, input_ids, optim_slice, target_slice)
-
     def input_embedding_gradients(
         self,
         input_ids: torch.Tensor,

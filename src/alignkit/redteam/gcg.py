@@ -9,7 +9,8 @@ starts with a target string ("Sure, here is how to ..."). Each step:
 2. ``search_width`` candidates are sampled, each putting random top-k tokens at ``n_replace``
    random positions; duplicates, candidates that change under decode -> encode (the
    retokenisation filter) and special / non-ASCII tokens are dropped;
-3. all candidates are scored exactly, in batched forward passes that reuse the KV cache of the
+3. all candidates are scored exactly, in batched forward passes (as many candidates per pass
+   as fit in memory: halved after an out-of-memory error) that reuse the KV cache of the
    fixed prompt prefix and of the current string up to each candidate's first change
    (broadcast across the batch; logits only where the target is; see
    :mod:`alignkit.redteam.gcg_ops`), and the best is kept: the best of this step
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import secrets
 import sys
@@ -75,7 +77,9 @@ class GCGConfig:
     """GCG settings; names and defaults follow nanoGCG's ``GCGConfig``.
 
     ``optim_str_init`` may be a list of strings of one token length (they seed the attack
-    buffer). ``batch_size`` caps the candidates per forward pass (None: all at once).
+    buffer). ``batch_size`` is the most candidates per forward pass to try (None: all of them);
+    a pass that runs out of memory is retried with half as many (accelerate's
+    ``find_executable_batch_size``), and later passes start from the size that fitted.
     ``progress`` (alignkit's own) shows a progress bar; None shows it on a terminal.
     """
 
@@ -199,6 +203,39 @@ def _resolve_backend(model_or_backend: Any, tokenizer: Any = None):
     )
 
 
+def _run_with_executable_batch(attempt: Any, start: int) -> Any:
+    """``attempt(batch_size)`` with ``start``; on an out-of-memory error, again from half of it
+    down, halving each time (accelerate's ``find_executable_batch_size``). A ModelError when not
+    even one candidate fits. The first try skips accelerate's cache clearing and garbage
+    collection, which would otherwise cost every step."""
+    from accelerate.utils import find_executable_batch_size
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    try:
+        return attempt(start)
+    except RuntimeError as error:
+        if not should_reduce_batch_size(error):
+            raise
+    size = start // 2
+
+    def halve() -> int:
+        nonlocal size
+        size //= 2
+        return size
+
+    options: dict[str, Any] = {"starting_batch_size": size}
+    if "reduce_batch_size_fn" in inspect.signature(find_executable_batch_size).parameters:
+        options["reduce_batch_size_fn"] = halve  # older accelerate halves by itself
+    try:
+        return find_executable_batch_size(attempt, **options)()
+    except RuntimeError as error:
+        if "No executable batch size found" not in str(error):
+            raise
+        raise ModelError(
+            "GCG cannot score even one candidate per forward pass: out of memory"
+        ) from error
+
+
 @contextlib.contextmanager
 def _progress_bar(total: int, show: bool) -> Iterator[Any]:
     """Yield ``advance(info)`` for a rich progress bar over GCG steps (a no-op when hidden)."""
@@ -228,6 +265,7 @@ class GradientBasedRedTeaming:
         self.config = config or GCGConfig()
         self.device = next(self.model.parameters()).device
         self._allowed: dict[str, torch.Tensor] = {}
+        self._fitted_batch: int | None = None  # set after an out-of-memory error: what fitted
 
     def run(self, messages_or_goal: str | list[Message], target: str) -> GCGResult:
         """Optimise a string that makes the model's reply start with ``target``."""
@@ -327,13 +365,22 @@ class GradientBasedRedTeaming:
         """Summed loss over behaviours ``[B]`` and whether every target is hit exactly ``[B]``;
         with ``current`` and ``use_prefix_cache``, groups of candidates share prompt prefixes."""
         current = current if self.config.use_prefix_cache else None
-        total = torch.zeros(len(cands), device=self.device)
-        exact = torch.ones(len(cands), dtype=torch.bool, device=self.device)
-        for problem in problems:
-            loss, hit = candidate_losses(self.model, problem, cands, self.score_options, current)
-            total += loss
-            exact &= hit
-        return total, exact
+
+        def attempt(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            options = self.score_options
+            options.batch_size = batch_size
+            total = torch.zeros(len(cands), device=self.device)
+            exact = torch.ones(len(cands), dtype=torch.bool, device=self.device)
+            for problem in problems:
+                loss, hit = candidate_losses(self.model, problem, cands, options, current)
+                total += loss
+                exact &= hit
+            if batch_size < start:  # an out-of-memory error made it smaller: keep that cap
+                self._fitted_batch = batch_size
+            return total, exact
+
+        start = max(1, min(self._fitted_batch or self.config.batch_size or len(cands), len(cands)))
+        return _run_with_executable_batch(attempt, start)
 
     def build_problems(self, pairs: list[tuple[Any, str]]) -> tuple[list[Problem], str]:
         """Tokenised behaviours (prefix KV caches filled when ``use_prefix_cache``) and the

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from alignkit.errors import ConfigError
 from alignkit.models.base import Message
-from alignkit.models.hf_whitebox import _embed_one_hot
 
 PLACEHOLDER = "{optim_str}"
 
@@ -202,6 +201,14 @@ def target_loss(logits: torch.Tensor, target: torch.Tensor, options: ScoreOption
         return (torch.logsumexp(a * picked, dim=-1) - math.log(picked.shape[-1])) / a
     flat = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
     return flat.view(target.shape).mean(dim=-1)
+
+
+def _embed_one_hot(model, one_hot: torch.Tensor) -> torch.Tensor:
+    """Embeddings of (relaxed) one-hot rows, matching what the embedding module outputs."""
+    embed = model.get_input_embeddings()
+    out = one_hot @ embed.weight
+    scale = getattr(embed, "embed_scale", None)  # scaled embeddings (e.g. Gemma 3)
+    return out * scale.to(out.dtype) if isinstance(scale, torch.Tensor) else out * (scale or 1.0)
 
 
 def token_gradient(
