@@ -121,8 +121,42 @@ def test_nan_loss_stops_with_a_clear_message(prefs, tmp_path):
             data=prefs["train"], output_dir=tmp_path, max_steps=50, **{**FAST, "learning_rate": 1e4}
         ),
     )
-    with pytest.raises(TrainingError, match="loss became"):
+    with pytest.raises(TrainingError, match="loss became .* no checkpoint was saved"):
         trainer.train()
+
+
+def test_nan_loss_names_the_last_good_checkpoint(prefs, tmp_path, monkeypatch):
+    """The loss turns NaN at step 6 of a run checkpointing every 2 steps: the error names
+    checkpoints/step-000004, the newest one, and resuming from it retrains steps 5-6 exactly
+    as the uninterrupted run did (checked on the weights)."""
+    import alignkit.dpo.trainer as trainer_module
+
+    real, calls = trainer_module.preference_step, []
+
+    def nan_at_step_6(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 6:  # one micro-batch per step
+            result.loss = result.loss * float("nan")
+        return result
+
+    config = {"data": prefs["train"], "max_steps": 6, "save_steps": 2, **FAST}
+    straight = DPOTrainer("testbed", DPOConfig(output_dir=tmp_path / "straight", **config))
+    straight.train()
+    monkeypatch.setattr(trainer_module, "preference_step", nan_at_step_6)
+    failing = tmp_path / "failing"
+    with pytest.raises(TrainingError, match="loss became nan at step 6") as error:
+        DPOTrainer("testbed", DPOConfig(output_dir=failing, **config)).train()
+    named = failing / "checkpoints" / "step-000004"
+    assert f"the last good checkpoint is {named}." in str(error.value)
+    assert (named / "trainer_state.pt").exists() and not (failing / "final").exists()
+    weights = load_file(named / "weights.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())  # it is a good checkpoint
+    monkeypatch.undo()
+    resumed = DPOTrainer("testbed", DPOConfig(output_dir=failing, resume=True, **config))
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lora_uses_the_disabled_adapter_as_reference_and_saves(prefs, tmp_path):
