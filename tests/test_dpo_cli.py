@@ -82,6 +82,8 @@ def test_ranked_records_train_with_the_listwise_loss(data, tmp_path):
     result = run(
         "--data",
         data / "ranked.jsonl",
+        "--loss-type",
+        "plackett_luce",
         "--output-dir",
         tmp_path,
         "--max-steps",
@@ -98,6 +100,42 @@ def test_ranked_records_train_with_the_listwise_loss(data, tmp_path):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[0] > 1.0  # Plackett-Luce over 3-4 responses starts above log 2
     assert losses[-1] < losses[0]
+
+
+def test_ranked_records_with_a_pairwise_loss_fail_before_training(data, tmp_path):
+    """Ranked data used to switch the loss to Plackett-Luce whatever loss_type said."""
+    result = run("--data", data / "ranked.jsonl", "--output-dir", tmp_path, *COMMON)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    message = " ".join(result.output.split())
+    assert "ranked.jsonl:1: a ranked record" in message and "plackett_luce" in message
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_mixed_file_trains_only_with_a_loss_defined_for_rankings(data, tmp_path):
+    """A pair used to get the Plackett-Luce loss when a ranked record shared its batch and the
+    sigmoid loss otherwise; now a pairwise loss refuses the file, naming its first ranked
+    record, and plackett_luce trains every record (a pair as a ranking of two)."""
+    pairs = (data / "pairs.jsonl").read_text().splitlines()[:12]
+    ranked = (data / "ranked.jsonl").read_text().splitlines()[:4]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(pairs[:6] + ranked + pairs[6:]) + "\n")
+    result = run("--data", mixed, "--output-dir", tmp_path / "a", *COMMON)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "mixed.jsonl:7: a ranked record" in message and "4 ranked, 12 pairs" in message
+    result = run(
+        "--data", mixed, "--output-dir", tmp_path / "b", "--loss-type", "plackett_luce", *COMMON
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_max_length_alone_fits_the_default_prompt_length(data, tmp_path):
+    """``--max-length 256`` alone failed: max_prompt_length defaulted to 256."""
+    result = run("--data", data / "pairs.jsonl", "--output-dir", tmp_path, "--max-length", 256,
+                 *COMMON)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    help_text = runner.invoke(app, ["dpo", "--help"], env={"COLUMNS": "250"}).output
+    assert "max_length // 2" in " ".join(help_text.split())
 
 
 def test_bad_records_stop_or_are_skipped_and_counted(data, tmp_path):

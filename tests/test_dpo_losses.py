@@ -15,12 +15,15 @@ import torch.nn.functional as F
 from alignkit.dpo.losses import (
     LOSSES,
     PreferenceLogps,
+    RankedLogps,
     compute_loss,
+    compute_ranked_loss,
     dpo_loss,
     kl_penalty,
     ranked_loss,
     register_loss,
 )
+from alignkit.dpo.ranked import ranked_kl_penalty
 from alignkit.errors import ConfigError
 
 # --------------------------------------------------------------------------- random inputs
@@ -242,6 +245,81 @@ def test_masked_responses_do_not_change_the_ranked_loss():
     assert (padded_policy.grad[~mask] == 0).all()
 
 
+def random_lists(batch: int = 6, k: int = 4, seed: int = 0) -> RankedLogps:
+    """Ranked lists ``[B, K]`` with trailing padding (row b has K - b % 2 responses)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 40, (batch, k), generator=gen).double()
+    tokens[1::2, -1] = 0.0
+    ref = -tokens * (0.3 + 2.0 * torch.rand(batch, k, generator=gen, dtype=torch.float64))
+    policy = ref + 8.0 * torch.randn(batch, k, generator=gen, dtype=torch.float64)
+    return RankedLogps(policy, ref, tokens)
+
+
+def test_plackett_luce_is_the_registered_loss_for_rankings():
+    assert [n for n, spec in LOSSES.items() if spec.rankings] == ["plackett_luce"]
+    pairs = random_logps(seed=18)
+    listwise = compute_loss(pairs, "plackett_luce", beta=0.3)  # a pair is a ranking of two
+    sigmoid = compute_loss(pairs, "sigmoid", beta=0.3)
+    torch.testing.assert_close(listwise.losses, sigmoid.losses)
+    torch.testing.assert_close(listwise.chosen_rewards, sigmoid.chosen_rewards)
+    torch.testing.assert_close(listwise.metrics["kl_penalty"], sigmoid.metrics["kl_penalty"])
+
+
+def test_a_pairwise_loss_never_takes_ranked_lists():
+    for name in ("sigmoid", "ipo", "robust", "hinge", "simpo", "rpo"):
+        with pytest.raises(ConfigError, match="defined for pairs.*plackett_luce"):
+            compute_ranked_loss(random_lists(), name, beta=0.1)
+
+
+def test_kl_coef_reaches_ranked_lists():
+    """kl_coef was ignored for ranked batches; it now adds the listwise k2 penalty, which with
+    two responses is :func:`kl_penalty` exactly."""
+    lists = random_lists(seed=19)
+    plain = compute_ranked_loss(lists, beta=0.2).losses
+    constrained = compute_ranked_loss(lists, beta=0.2, kl_coef=0.5).losses
+    torch.testing.assert_close(constrained, plain + 0.5 * ranked_kl_penalty(lists))
+    assert (ranked_kl_penalty(lists) > 0).all()
+    pairs = random_logps(seed=20)
+    two = RankedLogps(
+        torch.stack([pairs.policy_chosen, pairs.policy_rejected], 1),
+        torch.stack([pairs.ref_chosen, pairs.ref_rejected], 1),
+        torch.stack([pairs.chosen_tokens, pairs.rejected_tokens], 1),
+    )
+    torch.testing.assert_close(ranked_kl_penalty(two), kl_penalty(pairs))
+
+
+def test_a_ranked_loss_refuses_smoothing_soft_labels_and_margins():
+    lists, pairs = random_lists(), random_logps(batch=4)
+    with pytest.raises(ConfigError, match="label_smoothing is not used"):
+        compute_ranked_loss(lists, label_smoothing=0.1)
+    with pytest.raises(ConfigError, match="soft labels"):
+        compute_ranked_loss(lists, label_smoothing=torch.full((6,), 0.2, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="margins"):
+        compute_loss(replace(pairs, margin=torch.ones(4)), "plackett_luce")
+
+
+def test_capabilities_are_declared_in_the_registry():
+    """What data each loss is defined for is a declaration, not a name test in the code."""
+    takes = {n: (s.rankings, s.soft_labels, s.margins) for n, s in LOSSES.items()}
+    assert takes == {
+        "sigmoid": (False, True, True),
+        "ipo": (False, False, False),
+        "robust": (False, False, False),  # soft labels refused: see robust_loss's docstring
+        "hinge": (False, False, False),
+        "simpo": (False, True, False),
+        "rpo": (False, True, False),
+        "plackett_luce": (True, False, False),
+    }
+    with pytest.raises(ValueError, match="soft labels"):
+        register_loss("x", paper="x", soft_labels=True)(lambda logps, beta, eps: eps)
+
+
+def test_robust_refuses_per_pair_smoothing():
+    """A soft label p acts as eps = 1 - p: rDPO would divide by 2p - 1 (x10 at p = 0.55)."""
+    with pytest.raises(ConfigError, match="soft labels.*robust"):
+        compute_loss(random_logps(batch=3), "robust", label_smoothing=torch.full((3,), 0.45))
+
+
 # --------------------------------------------------------------------------- registry, API, errors
 
 
@@ -282,7 +360,7 @@ def test_metrics_report_nll_and_kl_when_measurable():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda x: compute_loss(x, "dpoo"), "choose one of: hinge, ipo, robust, rpo, sigmoid"),
+        (lambda x: compute_loss(x, "dpoo"), "choose one of: hinge, ipo, plackett_luce, robust"),
         (lambda x: compute_loss(x, "hinge", gamma=1.0), "does not take gamma.*beta, kl_coef"),
         (lambda x: compute_loss(x, "hinge", label_smoothing=0.1), "losses that take it"),
         (lambda x: compute_loss(x, "robust", label_smoothing=0.5), r"\[0.0, 0.5\)"),
@@ -324,3 +402,31 @@ def test_preference_logps_validates_shapes():
         PreferenceLogps(x, x, x, x, torch.tensor([1, 0, 2]), torch.ones(3))
     counts = PreferenceLogps(x, x, x, x, torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3]))
     assert counts.chosen_tokens.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- DPOConfig
+
+
+def test_dpo_config_validates_loss_options_by_the_registry_only():
+    """DPOConfig re-declared label_smoothing as [0, 0.5), refusing sigmoid's declared 0.5."""
+    from alignkit.config import load_config
+    from alignkit.dpo import DPOConfig
+    from alignkit.dpo.config import loss_options
+
+    assert DPOConfig(label_smoothing=0.5).loss_params() == {"label_smoothing": 0.5}
+    for name in ("beta", "label_smoothing", "kl_coef", *loss_options()):
+        assert not DPOConfig.model_fields[name].metadata, f"{name} has its own bounds"
+    declared = {(n, p) for n, spec in LOSSES.items() for p in spec.params}
+    assert set(loss_options().values()) == declared  # every hyper-parameter can be set
+    assert DPOConfig(loss_type="rpo").loss_params() == {"label_smoothing": 0.0}  # default: 1.0
+    assert DPOConfig(loss_type="rpo", rpo_alpha=2).loss_params()["alpha"] == 2
+    for options, message in [
+        ({"loss_type": "robust", "label_smoothing": 0.5}, r"\[0.0, 0.5\)"),
+        ({"loss_type": "simpo", "simpo_gamma": -1}, "gamma must lie in"),
+        ({"rpo_alpha": 2.0}, "rpo_alpha is a parameter of loss_type 'rpo', not 'sigmoid'"),
+        ({"beta": 0}, "beta must be positive"),
+        ({"loss_type": "simpo", "kl_coef": 0.1}, "reference-free"),
+        ({"loss_type": "plackett_luce", "label_smoothing": 0.1}, "not used by"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(DPOConfig, overrides=options)

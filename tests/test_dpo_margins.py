@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -73,3 +74,14 @@ def test_the_trainer_uses_the_data_margin(tmp_path):
     )  # fmt: skip
     metrics = DPOTrainer("testbed", config).train()
     assert metrics["loss"] == pytest.approx(math.log1p(math.exp(2.0)), abs=1e-3)
+
+
+def test_margins_with_a_loss_that_cannot_use_them_fail_before_training(tmp_path):
+    """The margin check ran in the loss, at the first training step; now the trainer refuses
+    the data when it is built, naming the record."""
+    data = _write(tmp_path / "p.jsonl", 1.0)
+    config = DPOConfig(data=data, loss_type="ipo", batch_size=4, kl_samples=0, device="cpu")
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(data))}:1: a 'margin' field \(8 of 8 records"
+    ):
+        DPOTrainer("testbed", config)

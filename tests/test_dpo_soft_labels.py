@@ -66,3 +66,18 @@ def test_soft_labels_with_a_loss_that_cannot_use_them_fail_fast(tmp_path):
     with pytest.raises(ConfigError, match="use_soft_labels"):
         DPOTrainer("testbed", config)
     DPOTrainer("testbed", config.model_copy(update={"use_soft_labels": False}))
+
+
+@pytest.mark.parametrize("soft_label", [0.5, 0.55, 0.9])
+def test_soft_labels_with_robust_are_refused_before_training(tmp_path, soft_label):
+    """rDPO divides by 1 - 2 eps: a soft label of 0.55 scaled the loss by 10 and one of 0.5
+    stopped training mid-run with a message about a label_smoothing nobody set."""
+    data = _write(tmp_path / "p.jsonl", soft_label)
+    config = DPOConfig(data=data, loss_type="robust", **FAST)
+    with pytest.raises(ConfigError) as caught:
+        DPOTrainer("testbed", config)
+    message = caught.value.message
+    assert message.startswith(f"{data}:1: a soft_label (AI feedback; 8 of 8 records")
+    assert "label_smoothing" not in message and "\n" not in message
+    assert "sigmoid" in message and "use_soft_labels: false" in message
+    DPOTrainer("testbed", config.model_copy(update={"use_soft_labels": False}))

@@ -264,3 +264,37 @@ def test_precomputed_reference_is_in_dataset_order(prefs, tmp_path, monkeypatch,
     again = precompute_reference(trainer.model, items, batch_size=4, pad_id=trainer.pad_id)
     assert torch.equal(again.logps, cached.logps)  # served from the disk cache
     assert list((tmp_path / "ref_logps").glob("*.safetensors"))
+
+
+def _lists(rows: list[list[float]], seed: int = 0):
+    """SequenceLogps (policy, reference) of ranked lists; shorter rows are padded."""
+    from alignkit.dpo.forward import SequenceLogps
+
+    k = max(map(len, rows))
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.tensor([[5.0] * len(r) + [0.0] * (k - len(r)) for r in rows])
+    ref = -10 * torch.rand(len(rows), k, generator=gen)
+    policy = ref + torch.tensor([r + [0.0] * (k - len(r)) for r in rows])
+    return SequenceLogps(policy * (tokens > 0), tokens), SequenceLogps(ref * (tokens > 0), tokens)
+
+
+def test_the_config_not_the_batch_decides_the_objective():
+    """A batch holding a ranked list used to train every example with Plackett-Luce whatever
+    loss_type said, so a pair's loss depended on its neighbours."""
+    from alignkit.dpo.steps import preference_step
+    from alignkit.errors import ConfigError
+
+    pair, ranked = [1.0, -1.0], [0.5, 2.0, -1.0]
+    listwise = DPOConfig(loss_type="plackett_luce", beta=0.5)
+
+    def loss(rows, config=listwise):
+        return preference_step(*_lists(rows), config).loss.item()
+
+    alone = loss([pair])
+    assert alone == pytest.approx(-math.log(1 / (1 + math.exp(-0.5 * 2.0))), abs=1e-6)
+    assert alone == pytest.approx(loss([pair], DPOConfig(beta=0.5)), abs=1e-6)
+    assert loss([pair, ranked]) == pytest.approx((alone + loss([ranked])) / 2, abs=1e-6)
+    with pytest.raises(ConfigError, match="defined for pairs"):
+        loss([pair, ranked], DPOConfig(beta=0.5))
+    constrained = DPOConfig(loss_type="plackett_luce", beta=0.5, kl_coef=1.0)
+    assert loss([ranked], constrained) > loss([ranked]) + 1e-3  # kl_coef was ignored here

@@ -251,6 +251,12 @@ BAD_RECORDS = [
      "field 'ranks': expected a list of numbers, got string", "wrong_type"),
     ('{"prompt": "x", "responses": ["a"], "ranking": [0]}',
      "field 'responses': needs at least 2 responses, got 1", "bad_ranking"),
+    # soft_label / margin compare chosen with rejected: a list of three has no such pair
+    ('{"prompt": "x", "responses": ["a", "b", "c"], "ranking": [0, 1, 2], "soft_label": 0.8}',
+     "field 'soft_label': belongs to a pair (chosen vs rejected); this ranked record has 3",
+     "bad_soft_label"),
+    ('{"prompt": "x", "responses": ["a", "b", "c"], "scores": [3, 2, 1], "margin": 1.0}',
+     "field 'margin': belongs to a pair", "bad_margin"),
 ]  # fmt: skip
 
 

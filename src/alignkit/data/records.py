@@ -324,7 +324,20 @@ def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Coun
     example.metadata = {k: v for k, v in record.items() if k not in _PREFERENCE_FIELDS}
     _check_soft_label(example.metadata.get("soft_label"), source)
     _check_margin(example.metadata.get("margin"), source)
+    _check_pair_fields(example, source)
     return example, layout, notes
+
+
+def _check_pair_fields(example: PreferenceExample, source: str) -> None:
+    """``soft_label`` and ``margin`` compare a chosen with a rejected response: a ranked record
+    of more than two responses has no such pair."""
+    for key in ("soft_label", "margin"):
+        if example.metadata.get(key) is not None and not example.is_pair:
+            problem = (
+                f"belongs to a pair (chosen vs rejected); this ranked record has "
+                f"{len(example.completions)} responses"
+            )
+            raise BadRecord(source, key, problem, f"bad_{key}")
 
 
 def _check_margin(value: Any, source: str) -> None:

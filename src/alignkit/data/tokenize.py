@@ -170,6 +170,8 @@ def truncate(
 class DPODataset(torch.utils.data.Dataset):
     """Tokenized preference examples (items are :class:`TokenizedExample`), with a report.
 
+    ``max_prompt_length`` defaults to ``max_length // 2``, so any ``max_length`` works alone.
+
     ``examples`` are :class:`PreferenceExample` objects or raw records (dicts in any accepted
     layout). ``report`` counts records read, loaded, skipped, truncated and dropped by reason.
     """
@@ -179,11 +181,13 @@ class DPODataset(torch.utils.data.Dataset):
         examples: Sequence[PreferenceExample | dict],
         tokenizer: Any,
         max_length: int = 1024,
-        max_prompt_length: int = 512,
+        max_prompt_length: int | None = None,
         truncation_mode: TruncationMode = "keep_end",
         on_bad_record: OnBadRecord = "error",
         report: LoadReport | None = None,
     ) -> None:
+        if max_prompt_length is None and isinstance(max_length, int):
+            max_prompt_length = max_length // 2
         _check_lengths(max_length, max_prompt_length, truncation_mode)
         check_on_bad_record(on_bad_record)
         self.tokenizer = tokenizer

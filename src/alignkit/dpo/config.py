@@ -1,4 +1,10 @@
-"""``DPOConfig``: every setting of DPO training, the same from the CLI, YAML and Python."""
+"""``DPOConfig``: every setting of DPO training, the same from the CLI, YAML and Python.
+
+The loss options (``beta``, ``label_smoothing``, ``kl_coef`` and each loss's own
+hyper-parameters, named ``<loss_type>_<param>`` like ``simpo_gamma``) carry no bounds here: the
+loss registry declares them (:mod:`alignkit.dpo.registry`) and its ``check_config`` is the one
+validation, run when the config is built.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +28,28 @@ class DPOConfig(CommandConfig):
         "error", description="A malformed record stops the run (error) or is skipped and counted."
     )
     max_length: int = Field(512, ge=8, description="Longest prompt + completion, in tokens.")
-    max_prompt_length: int = Field(256, ge=1, description="Prompts are cut to this first.")
+    max_prompt_length: int | None = Field(
+        None,
+        ge=1,
+        description="Prompts are cut to this first (default: max_length // 2, so it fits any "
+        "max_length).",
+    )
     truncation_mode: Literal["keep_end", "keep_start"] = Field(
         "keep_end", description="Which end of a long prompt to keep."
     )
     # the objective
-    loss_type: str = Field("sigmoid", description="sigmoid, ipo, robust, hinge, simpo, rpo, ...")
-    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL regularisation.")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO / rDPO label noise.")
+    loss_type: str = Field(
+        "sigmoid",
+        description="sigmoid, ipo, robust, hinge, simpo, rpo; plackett_luce for ranked records.",
+    )
+    beta: float = Field(0.1, description="Strength of the implicit KL regularisation (> 0).")
+    label_smoothing: float = Field(0.0, description="cDPO / rDPO label noise (see the loss).")
     use_soft_labels: bool = Field(
         True, description="Train on the data's soft_label (AI feedback) as per-pair smoothing."
     )
-    simpo_gamma: float = Field(0.5, description="SimPO target reward margin.")
-    rpo_alpha: float = Field(1.0, ge=0, description="RPO weight of the chosen NLL term.")
-    kl_coef: float = Field(0.0, ge=0, description="Constrained DPO: explicit KL penalty weight.")
+    simpo_gamma: float | None = Field(None, description="SimPO target reward margin (0.5).")
+    rpo_alpha: float | None = Field(None, description="RPO weight of the chosen NLL term (1).")
+    kl_coef: float = Field(0.0, description="Constrained DPO: explicit KL penalty weight.")
     adaptive_beta: bool = Field(False, description="beta-DPO: adapt beta per batch (AdaptiveDPO).")
     adaptive_alpha: float = Field(0.6, ge=0, description="beta-DPO scaling of the margin gap.")
     adaptive_filter: float | None = Field(
@@ -79,20 +93,67 @@ class DPOConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _lengths(self) -> DPOConfig:
-        if self.max_prompt_length >= self.max_length:
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
                 f"({self.max_length})"
             )
         return self
 
+    @model_validator(mode="after")
+    def _loss(self) -> DPOConfig:
+        """The loss registry's check of every loss option (the one validation path)."""
+        from alignkit.dpo.registry import check_config
+        from alignkit.errors import ConfigError
+
+        try:
+            loss = self._registered_loss()
+            for name, (owner, _) in loss_options().items():
+                if owner != loss.name and getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{name} is a parameter of loss_type {owner!r}, not {loss.name!r}"
+                    )
+            params = self.loss_params()
+            check_config(loss, self.beta, params.pop("label_smoothing"), params)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def _registered_loss(self):
+        import alignkit.dpo.losses  # noqa: F401  (fills the registry)
+        from alignkit.dpo.registry import get_loss
+
+        return get_loss(self.loss_type)
+
+    @property
+    def prompt_limit(self) -> int:
+        """``max_prompt_length``, or ``max_length // 2`` when it is not set."""
+        if self.max_prompt_length is not None:
+            return self.max_prompt_length
+        return self.max_length // 2
+
     def loss_params(self) -> dict:
-        """Keyword arguments of the loss function for this config's loss type."""
+        """Keyword arguments of the loss function for this config's loss type: label_smoothing,
+        the loss's own hyper-parameters that are set (the registry's defaults otherwise) and,
+        when set, kl_coef."""
         params: dict = {"label_smoothing": self.label_smoothing}
-        if self.loss_type == "simpo":
-            params["gamma"] = self.simpo_gamma
-        if self.loss_type == "rpo":
-            params["alpha"] = self.rpo_alpha
+        for name, (owner, param) in loss_options().items():
+            if owner == self.loss_type and getattr(self, name) is not None:
+                params[param] = getattr(self, name)
         if self.kl_coef:
             params["kl_coef"] = self.kl_coef
         return params
+
+
+def loss_options() -> dict[str, tuple[str, str]]:
+    """Config fields of the loss hyper-parameters: ``"simpo_gamma" -> ("simpo", "gamma")``, one
+    for each parameter the registry declares (``<loss_type>_<param>``)."""
+    import alignkit.dpo.losses  # noqa: F401  (fills the registry)
+    from alignkit.dpo.registry import LOSSES
+
+    return {
+        f"{name}_{param}": (name, param)
+        for name, loss in LOSSES.items()
+        for param in loss.params
+        if f"{name}_{param}" in DPOConfig.model_fields
+    }

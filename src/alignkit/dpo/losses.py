@@ -20,6 +20,10 @@ reference-free losses (``simpo``), the SimPO implicit reward ``b * pc / nc`` and
 Rewards are detached; losses are per example (not reduced).
 
 Constrained DPO: every loss with a reference accepts ``kl_coef``; see :func:`kl_penalty`.
+
+Ranked lists of more than two responses train only with a loss registered with
+``rankings=True`` (``plackett_luce``), through :func:`compute_ranked_loss`; no pairwise loss is
+ever swapped for it. Soft labels and margins reach only the losses declared to take them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignkit.dpo.ranked import ranked_loss
+from alignkit.dpo.ranked import RankedLogps, ranked_kl_penalty, ranked_loss
 from alignkit.dpo.registry import (
     LOSSES,
     Param,
@@ -47,7 +51,9 @@ __all__ = [
     "Param",
     "PreferenceLogps",
     "PreferenceLoss",
+    "RankedLogps",
     "compute_loss",
+    "compute_ranked_loss",
     "dpo_loss",
     "get_loss",
     "kl_penalty",
@@ -142,6 +148,8 @@ def _smoothed_logistic(logits: Tensor, eps: float | Tensor) -> Tensor:
     paper="Rafailov et al. 2023, Direct Preference Optimization (arXiv:2305.18290); "
     "conservative DPO: Mitchell 2023, A note on DPO with noisy preferences",
     smoothing=(0.0, 0.5, True),
+    soft_labels=True,
+    margins=True,
 )
 def sigmoid_loss(logps: PreferenceLogps, beta: float, eps: float | Tensor) -> Tensor:
     """DPO: ``-log s(b * d - m)``, ``m = 0`` unless the pairs carry a margin.
@@ -191,7 +199,11 @@ def robust_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
     """rDPO, an unbiased loss under labels flipped with probability eps = label_smoothing:
 
     ``((1 - eps) * -log s(b * d) - eps * -log s(-b * d)) / (1 - 2 eps)``, eps in [0, 0.5).
-    With eps = 0 it is DPO.
+    With eps = 0 it is DPO. eps is one noise rate for the whole data set, known in advance;
+    the loss is unbounded below and its scale grows as 1 / (1 - 2 eps). Per-pair soft labels
+    are therefore refused (before training) with this loss: a label p would act as
+    eps = 1 - p, a factor 10 at p = 0.55 and a division by zero at p = 0.5. Train soft labels
+    with ``sigmoid`` (their cross-entropy) instead, or set ``use_soft_labels: false``.
     """
     hc, hr = logps.logratios()
     logits = beta * (hc - hr)
@@ -219,6 +231,7 @@ def hinge_loss(logps: PreferenceLogps, beta: float, eps: float) -> Tensor:
     params={"gamma": Param(0.5, 0.0, None)},
     smoothing=(0.0, 0.5, True),
     needs_tokens=True,
+    soft_labels=True,
 )
 def simpo_loss(logps: PreferenceLogps, beta: float, eps: float, gamma: float) -> Tensor:
     """SimPO: ``-log s(b * pc / nc - b * pr / nr - gamma)``, no reference model.
@@ -236,6 +249,7 @@ def simpo_loss(logps: PreferenceLogps, beta: float, eps: float, gamma: float) ->
     params={"alpha": Param(1.0, 0.0, None)},
     smoothing=(0.0, 0.5, True),
     needs_tokens=True,
+    soft_labels=True,
 )
 def rpo_loss(logps: PreferenceLogps, beta: float, eps: float, alpha: float) -> Tensor:
     """RPO: DPO plus the chosen response's per-token NLL: ``-log s(b * d) + alpha * (-pc / nc)``.
@@ -244,6 +258,24 @@ def rpo_loss(logps: PreferenceLogps, beta: float, eps: float, alpha: float) -> T
     ``nc``, as the prompt is not trained on).
     """
     return sigmoid_loss(logps, beta, eps) + alpha * (-logps.policy_chosen / logps.chosen_tokens)
+
+
+@register_loss(
+    "plackett_luce",
+    paper="Rafailov et al. 2023, Direct Preference Optimization (arXiv:2305.18290), appendix "
+    "A.3; Plackett 1975, Luce 1959",
+    rankings=True,
+)
+def plackett_luce_loss(logps: RankedLogps, beta: float, eps: float) -> Tensor:
+    """Plackett-Luce over K ranked responses: ``-sum_k [r_k - logsumexp_{j >= k} r_j]``,
+    ``r_k = b * (log pi(y_k) - log pi_ref(y_k))``, rows ordered best -> worst.
+
+    Defined for rankings (:mod:`alignkit.dpo.ranked`); a pair is a ranking of two, whose loss
+    is the sigmoid DPO loss ``-log s(b * d)`` exactly.
+    """
+    if logps.ref is None:
+        raise ConfigError("loss_type 'plackett_luce' needs reference log-probs")
+    return ranked_loss(logps.policy, logps.ref, logps.mask, beta=beta)
 
 
 def kl_penalty(logps: PreferenceLogps) -> Tensor:
@@ -281,18 +313,20 @@ def compute_loss(
     before ``kl_coef``) when the reference and token counts are given.
     """
     loss = get_loss(loss_type)
-    eps = float(label_smoothing.max()) if isinstance(label_smoothing, Tensor) else label_smoothing
-    values, kl_coef = check_config(loss, beta, eps, dict(params))
+    if loss.rankings:
+        return compute_ranked_loss(_as_ranked(logps), loss_type, beta, label_smoothing, **params)
+    values, kl_coef = _checked(loss, beta, label_smoothing, params)
     if not loss.reference_free and not logps.has_reference:
         free = sorted(n for n, spec in LOSSES.items() if spec.reference_free)
         raise ConfigError(
             f"loss_type {loss.name!r} needs reference log-probs (ref_chosen / ref_rejected); "
             f"reference-free losses: {', '.join(free)}"
         )
-    if logps.margin is not None and loss.name != "sigmoid":
+    if logps.margin is not None and not loss.margins:
+        takers = ", ".join(sorted(n for n, spec in LOSSES.items() if spec.margins))
         raise ConfigError(
-            f"per-pair margins (a 'margin' field in the data) are used by loss_type 'sigmoid' "
-            f"only, not {loss.name!r}"
+            f"per-pair margins (a 'margin' field in the data) are not used by loss_type "
+            f"{loss.name!r}; losses that take them: {takers}"
         )
     if (loss.needs_tokens or kl_coef > 0) and not logps.has_tokens:
         needs = "kl_coef" if not loss.needs_tokens else f"loss_type {loss.name!r}"
@@ -315,6 +349,78 @@ def compute_loss(
         dict(zip(stats, torch.stack(list(stats.values())).tolist(), strict=True)) if stats else {}
     )
     return LossOutput(losses, beta * chosen.detach(), beta * rejected.detach(), metrics)
+
+
+def _checked(
+    loss: PreferenceLoss, beta: float, label_smoothing: float | Tensor, params: dict
+) -> tuple[dict[str, float], float]:
+    """:func:`check_config`, and for per-pair smoothing ``[B]`` (soft labels) also that the
+    loss is declared to take soft labels."""
+    eps = label_smoothing
+    if isinstance(label_smoothing, Tensor):
+        if not loss.soft_labels:
+            takers = ", ".join(sorted(n for n, spec in LOSSES.items() if spec.soft_labels))
+            raise ConfigError(
+                f"per-pair label_smoothing (soft labels) is not taken by loss_type "
+                f"{loss.name!r}; losses that take it: {takers}"
+            )
+        eps = float(label_smoothing.max())
+    return check_config(loss, beta, eps, dict(params))
+
+
+def _as_ranked(logps: PreferenceLogps) -> RankedLogps:
+    """Pairs as ranked lists of two ``[B, 2]`` (chosen first)."""
+    if logps.margin is not None:
+        raise ConfigError("per-pair margins are not used by a loss defined for rankings")
+    ref = None
+    if logps.has_reference:
+        ref = torch.stack([logps.ref_chosen, logps.ref_rejected], dim=1)
+    tokens = None
+    if logps.has_tokens:
+        tokens = torch.stack([logps.chosen_tokens, logps.rejected_tokens], dim=1)
+    return RankedLogps(
+        torch.stack([logps.policy_chosen, logps.policy_rejected], dim=1), ref, tokens
+    )
+
+
+def compute_ranked_loss(
+    logps: RankedLogps,
+    loss_type: str = "plackett_luce",
+    beta: float = 0.1,
+    label_smoothing: float | Tensor = 0.0,
+    **params: float,
+) -> LossOutput:
+    """Per-example loss, rewards and metrics of a loss defined for rankings on ranked lists.
+
+    Rewards are those of the best and the worst response of each list; ``kl_coef`` adds
+    :func:`~alignkit.dpo.ranked.ranked_kl_penalty`; metrics as in :func:`compute_loss`. A loss
+    not declared for rankings is refused (ConfigError): no pairwise loss is swapped silently.
+    """
+    loss = get_loss(loss_type)
+    if not loss.rankings:
+        takers = ", ".join(sorted(n for n, spec in LOSSES.items() if spec.rankings))
+        raise ConfigError(
+            f"loss_type {loss.name!r} is defined for pairs, not ranked lists; losses defined "
+            f"for rankings: {takers}"
+        )
+    values, kl_coef = _checked(loss, beta, label_smoothing, params)
+    if logps.ref is None:
+        raise ConfigError(f"loss_type {loss.name!r} needs reference log-probs")
+    if kl_coef > 0 and logps.tokens is None:
+        raise ConfigError("kl_coef needs the completion lengths (tokens)")
+    losses = loss.fn(logps, beta, 0.0, **values)
+    mask = logps.mask
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    last = mask.long().sum(1) - 1
+    ratios = (logps.policy - logps.ref).detach()
+    stats: dict[str, float] = {}
+    if logps.tokens is not None:
+        stats["nll"] = float(-(logps.policy[:, 0] / logps.tokens[:, 0]).detach().mean())
+        penalty = ranked_kl_penalty(logps)
+        stats["kl_penalty"] = float(penalty.detach().mean())
+        if kl_coef > 0:
+            losses = losses + kl_coef * penalty
+    return LossOutput(losses, beta * ratios[:, 0], beta * ratios[rows, last], stats)
 
 
 def dpo_loss(

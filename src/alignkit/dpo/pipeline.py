@@ -55,7 +55,7 @@ def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None 
             examples,
             tokenizer,
             max_length=config.max_length,
-            max_prompt_length=config.max_prompt_length,
+            max_prompt_length=config.prompt_limit,
             truncation_mode=config.truncation_mode,
         )
     lengths = [

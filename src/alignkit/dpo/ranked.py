@@ -10,14 +10,66 @@ log::
 (the last term is always zero). With K = 2 it is exactly the sigmoid DPO loss
 ``-log sigmoid(r_1 - r_2)``. Examples with fewer responses are padded and masked: a masked
 response takes no part in any term, so the loss equals that of the example without it.
+
+It is registered as ``loss_type: plackett_luce`` (:mod:`alignkit.dpo.losses`), the one loss
+declared for rankings: ranked data trains with it only when the config says so, and a pair then
+trains as a ranking of two (the sigmoid DPO loss), whatever else shares its batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["ranked_loss"]
+__all__ = ["RankedLogps", "ranked_kl_penalty", "ranked_loss"]
+
+
+@dataclass
+class RankedLogps:
+    """Sequence log-probs of ranked lists: ``[B, K]`` tensors, each row ordered best -> worst.
+
+    ``policy`` / ``ref`` are summed completion log-probs (``ref`` None without a reference),
+    ``tokens`` the completion lengths, 0 where example b has fewer than k + 1 responses (the
+    mask); None: every response is real and lengths are unknown.
+    """
+
+    policy: Tensor
+    ref: Tensor | None = None
+    tokens: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy.dim() != 2:
+            raise ValueError(f"ranked log-probs must be [B, K], got {tuple(self.policy.shape)}")
+        for name in ("ref", "tokens"):
+            value = getattr(self, name)
+            if value is not None and value.shape != self.policy.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, expected {tuple(self.policy.shape)}"
+                )
+
+    @property
+    def mask(self) -> Tensor:
+        """``[B, K]`` bool, True for real responses."""
+        if self.tokens is None:
+            return torch.ones_like(self.policy, dtype=torch.bool)
+        return self.tokens > 0
+
+
+def ranked_kl_penalty(logps: RankedLogps) -> Tensor:
+    """Constrained-DPO penalty per example for lists: ``0.5 * mean_k (h_k / n_k) ** 2``.
+
+    The k2 estimator of :func:`alignkit.dpo.losses.kl_penalty`, averaged over the real
+    responses of each list instead of over chosen and rejected; with two responses it is that
+    function exactly.
+    """
+    if logps.ref is None or logps.tokens is None:
+        raise ValueError("the KL penalty needs reference log-probs and completion lengths")
+    mask = logps.mask
+    # padded entries may hold anything: replaced before any arithmetic (NaN-free backward)
+    per_token = (logps.policy - logps.ref).masked_fill(~mask, 0.0) / logps.tokens.clamp(min=1)
+    return 0.5 * (per_token**2).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def ranked_loss(

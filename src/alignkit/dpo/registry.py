@@ -2,15 +2,20 @@
 
 A loss is a pure function ``fn(logps, beta, label_smoothing, **params) -> losses[B]`` added to
 :data:`LOSSES` by :func:`register_loss` with its paper, whether it needs a reference model, its
-hyper-parameters (:class:`Param`) and the ``label_smoothing`` interval it accepts. The losses
-themselves live in :mod:`alignkit.dpo.losses`.
+hyper-parameters (:class:`Param`), the ``label_smoothing`` interval it accepts, and what data it
+is defined for: ranked lists of more than two responses (``rankings``; its ``fn`` then takes a
+:class:`~alignkit.dpo.ranked.RankedLogps`), per-pair soft labels (``soft_labels``) and per-pair
+margins (``margins``). These declarations are the one place loss options are checked:
+:func:`check_config` for the hyper-parameters (``DPOConfig`` and ``compute_loss`` both call it)
+and :func:`check_data` for the data, before any training. The losses themselves live in
+:mod:`alignkit.dpo.losses`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -21,7 +26,15 @@ from alignkit.errors import ConfigError
 if TYPE_CHECKING:
     from alignkit.dpo.losses import PreferenceLogps
 
-__all__ = ["LOSSES", "Param", "PreferenceLoss", "check_config", "get_loss", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "Param",
+    "PreferenceLoss",
+    "check_config",
+    "check_data",
+    "get_loss",
+    "register_loss",
+]
 
 
 class Param(NamedTuple):
@@ -46,6 +59,9 @@ class PreferenceLoss:
     params: Mapping[str, Param] = field(default_factory=dict)
     smoothing: tuple[float, float, bool] | None = None  # (low, high, high included) for eps
     needs_tokens: bool = False
+    rankings: bool = False  # defined for ranked lists of K >= 2 responses (fn takes RankedLogps)
+    soft_labels: bool = False  # trains on per-pair soft labels (as per-pair smoothing)
+    margins: bool = False  # takes a per-pair margin (PreferenceLogps.margin)
 
     @property
     def formula(self) -> str:
@@ -81,14 +97,28 @@ def register_loss(
     params: Mapping[str, Param] | None = None,
     smoothing: tuple[float, float, bool] | None = None,
     needs_tokens: bool = False,
+    rankings: bool = False,
+    soft_labels: bool = False,
+    margins: bool = False,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator adding ``fn(logps, beta, label_smoothing, **params) -> losses[B]`` to LOSSES."""
 
     def decorate(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
+        if soft_labels and smoothing is None:
+            raise ValueError(f"loss {name!r}: soft labels train as per-pair label smoothing")
         LOSSES[name] = PreferenceLoss(
-            name, paper, fn, reference_free, dict(params or {}), smoothing, needs_tokens
+            name,
+            paper,
+            fn,
+            reference_free,
+            dict(params or {}),
+            smoothing,
+            needs_tokens,
+            rankings,
+            soft_labels,
+            margins,
         )
         return fn
 
@@ -152,3 +182,49 @@ def check_config(
         for name, spec in loss.params.items()
     }
     return checked, kl_coef
+
+
+def _takers(attribute: str) -> str:
+    return ", ".join(sorted(n for n, spec in LOSSES.items() if getattr(spec, attribute)))
+
+
+def check_data(loss: PreferenceLoss, items: Iterable, use_soft_labels: bool = True) -> None:
+    """ConfigError, before any training, if the data holds what ``loss`` is not defined for.
+
+    ``items`` are tokenized examples (``completion_ids``, ``soft_label``, ``margin``,
+    ``source``). Ranked lists of more than two responses need a loss declared for rankings
+    (``rankings``): a pairwise loss never trains on them, and a listwise loss trains pairs as
+    rankings of two, so no example's objective depends on what shares its batch. Soft labels
+    (unless ``use_soft_labels`` is off) and margins need a loss declared to take them. The
+    message names the first offending record (``FILE:LINE``) and how many there are.
+    """
+    items = list(items)
+    ranked = [ex for ex in items if len(ex.completion_ids) > 2]
+    if ranked and not loss.rankings:
+        raise ConfigError(
+            f"{ranked[0].source}: a ranked record of {len(ranked[0].completion_ids)} responses "
+            f"({len(ranked)} ranked, {len(items) - len(ranked)} pairs in this data), but "
+            f"loss_type {loss.name!r} is "
+            f"defined for pairs only; set loss_type to one defined for rankings "
+            f"({_takers('rankings')}; a pair is then a ranking of two), or give pairs only"
+        )
+    soft = [ex for ex in items if ex.soft_label is not None] if use_soft_labels else []
+    if soft and not loss.soft_labels:
+        why = ""
+        if loss.smoothing is not None:
+            why = (
+                " (it de-biases hard labels flipped at one known rate; a soft label p would "
+                "scale the loss by 1 / (2p - 1), unbounded as p nears 0.5)"
+            )
+        raise ConfigError(
+            f"{soft[0].source}: a soft_label (AI feedback; {len(soft)} of {len(items)} records "
+            f"have one), which loss_type {loss.name!r} cannot use{why}; use one of "
+            f"{_takers('soft_labels')}, or set use_soft_labels: false to train on the hard labels"
+        )
+    margins = [ex for ex in items if ex.margin is not None]
+    if margins and not loss.margins:
+        raise ConfigError(
+            f"{margins[0].source}: a 'margin' field ({len(margins)} of {len(items)} records "
+            f"have one), which loss_type {loss.name!r} does not use; losses that take per-pair "
+            f"margins: {_takers('margins')}"
+        )

@@ -1,8 +1,11 @@
 """From policy and reference log-probs to a loss and the metrics DPO users watch.
 
-Pairs go to the registered pairwise loss (``config.loss_type``); ranked lists of more than two
-responses go to the Plackett-Luce listwise loss. With :class:`~alignkit.dpo.adaptive.AdaptiveDPO`
-beta is chosen per batch and some examples may be filtered out.
+``config.loss_type`` decides the objective, never the batch: a loss declared for rankings
+(``plackett_luce``) sees every example as a ranked list (a pair is a list of two); a pairwise
+loss sees pairs, and a batch holding a longer list is an error (the trainer refuses such data
+before training, :func:`alignkit.dpo.registry.check_data`). With
+:class:`~alignkit.dpo.adaptive.AdaptiveDPO` beta is chosen per batch and some examples may be
+filtered out.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.dpo.forward import SequenceLogps
-from alignkit.dpo.losses import PreferenceLogps, compute_loss, ranked_loss
+from alignkit.dpo.losses import (
+    PreferenceLogps,
+    RankedLogps,
+    compute_loss,
+    compute_ranked_loss,
+    get_loss,
+)
+from alignkit.errors import ConfigError
 
 
 @dataclass
@@ -104,17 +114,23 @@ def preference_step(
         adapted, divisor = adapt(adaptive, pairs, gather, rank)
         beta, keep = adapted.beta, adapted.mask
         extra.update(adapted.metrics())
-    if policy.logps.shape[1] > 2:
-        losses = ranked_loss(policy.logps, ref.logps, policy.mask, beta=beta)
-        chosen = beta * (pairs.policy_chosen - pairs.ref_chosen).detach()
-        rejected = beta * (pairs.policy_rejected - pairs.ref_rejected).detach()
+    params = config.loss_params()
+    if smoothing is not None:
+        params["label_smoothing"] = smoothing.to(pairs.policy_chosen.device)
+    if get_loss(config.loss_type).rankings:
+        if margin is not None:
+            raise ConfigError(f"loss_type {config.loss_type!r} does not use per-pair margins")
+        lists = RankedLogps(policy.logps, None if ref is None else ref.logps, policy.tokens)
+        out = compute_ranked_loss(lists, config.loss_type, beta, **params)
+    elif policy.logps.shape[1] > 2:
+        raise ConfigError(
+            f"loss_type {config.loss_type!r} is defined for pairs, but this batch holds a ranked "
+            f"list of {policy.logps.shape[1]} responses; use a loss defined for rankings"
+        )
     else:
-        params = config.loss_params()
-        if smoothing is not None:
-            params["label_smoothing"] = smoothing.to(pairs.policy_chosen.device)
         out = compute_loss(pairs, loss_type=config.loss_type, beta=beta, **params)
-        losses, chosen, rejected = out.losses, out.chosen_rewards, out.rejected_rewards
-        extra.update(out.metrics)
+    losses, chosen, rejected = out.losses, out.chosen_rewards, out.rejected_rewards
+    extra.update(out.metrics)
     loss = (losses * keep).sum() / divisor if keep is not None else losses.mean()
     chosen, rejected = chosen.detach(), rejected.detach()
     metrics = {

@@ -44,7 +44,7 @@ def preference_dataset(config: DPOConfig, path, tokenizer):
         path,
         tokenizer,
         max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length,
+        max_prompt_length=config.prompt_limit,
         truncation_mode=config.truncation_mode,
         on_bad_record=config.on_bad_record,
     )
@@ -77,8 +77,7 @@ class DPOTrainer:
         if isinstance(model, str):
             overrides["model"] = model
         self.config = DPOConfig.model_validate({**base.model_dump(), **overrides})
-        cfg = self.config
-        self._check_loss()  # fail fast, before loading models and data
+        cfg = self.config  # validated: the loss registry checked every loss option
         # accelerate keeps one global state per process; let a later trainer in the same
         # process choose its own precision (the process group itself is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -96,12 +95,14 @@ class DPOTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.model = self._with_adapter(model)
         self.train_dataset = train_dataset if train_dataset is not None else self._dataset(cfg.data)
-        self._check_soft_labels()
+        self._check_data(self.train_dataset)
         self.eval_dataset = (
             eval_dataset
             if eval_dataset is not None
             else self._dataset(cfg.eval_data, required=False)
         )
+        if self.eval_dataset is not None:
+            self._check_data(self.eval_dataset)
         self.reference = None if (cfg.lora or cfg.precompute_ref) else self._frozen_copy()
         self.adaptive = self._adaptive()
         self.step = 0
@@ -115,13 +116,6 @@ class DPOTrainer:
 
     # ------------------------------------------------------------------------------ set-up
 
-    def _check_loss(self) -> None:
-        from alignkit.dpo.registry import check_config, get_loss
-
-        params = self.config.loss_params()
-        smoothing = params.pop("label_smoothing")
-        check_config(get_loss(self.config.loss_type), self.config.beta, smoothing, params)
-
     def _dataset(self, path, required: bool = True):
         if path is None:
             if required:
@@ -129,20 +123,14 @@ class DPOTrainer:
             return None
         return preference_dataset(self.config, path, self.tokenizer)
 
-    def _check_soft_labels(self) -> None:
-        """Soft labels need a loss with label smoothing; say so before any training."""
-        from alignkit.dpo.registry import LOSSES, get_loss
+    def _check_data(self, data) -> None:
+        """Ranked lists, soft labels and margins only where the loss is declared to take them
+        (:func:`~alignkit.dpo.registry.check_data`): one ConfigError before any training."""
+        from alignkit.dpo.registry import check_data, get_loss
 
-        cfg, data = self.config, self.train_dataset
-        if not cfg.use_soft_labels or get_loss(cfg.loss_type).smoothing is not None:
-            return
-        if any(data[i].soft_label is not None for i in range(len(data))):
-            users = sorted(n for n, spec in LOSSES.items() if spec.smoothing is not None)
-            raise ConfigError(
-                f"the training data has soft_label values (AI feedback), which loss_type "
-                f"{cfg.loss_type!r} cannot use; use one of {', '.join(users)}, or set "
-                "use_soft_labels: false to train on the hard labels"
-            )
+        cfg = self.config
+        items = (data[i] for i in range(len(data)))
+        check_data(get_loss(cfg.loss_type), items, use_soft_labels=cfg.use_soft_labels)
 
     def _with_adapter(self, model):
         return with_adapter(model, self.config)
