@@ -260,7 +260,7 @@ def test_gcg_makes_greedy_decoding_yield_the_target(testbed_backend):
         successes += result.success
         steps.append(result.steps)
     print(f"GCG on the testbed: {successes}/{len(pairs)} behaviours hit, steps {steps}")
-    assert successes >= len(pairs) / 2
+    assert successes == len(pairs) and max(steps) <= 30  # measured: 8/8 in 7-15 steps
 
 
 @pytest.mark.parametrize(
