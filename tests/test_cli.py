@@ -288,13 +288,22 @@ def test_testbed_sample_table_and_bad_kind():
 
 def test_testbed_info_on_a_given_model(tiny_model, tmp_path):
     out = tmp_path / "report.json"
-    result = invoke("testbed", "info", "--model", tiny_model, "--n", "1", "--json", out)
+    result = invoke("testbed", "info", "--model", tiny_model, "--n", "2", "--json", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["config"] == {"model": tiny_model, "n": 1, "seed": 0, "json": str(out)}
+    assert report["config"] == {"model": tiny_model, "n": 2, "seed": 0, "json": str(out)}
     assert report["rows"] and {"name", "value", "n", "target", "ok"} <= set(report["rows"][0])
+    from alignkit.models import load_backend
+    from alignkit.testbed import measure_behaviour
+
+    # the figures are the library's own measurement of the same model and seed, each a share
+    # of its n items
+    direct = measure_behaviour(load_backend(tiny_model), n=2, seed=0).to_dict()["rows"]
+    assert [(r["name"], r["value"], r["n"]) for r in report["rows"]] == [
+        (r["name"], r["value"], r["n"]) for r in direct
+    ]
     for row in report["rows"]:
-        assert 0.0 <= row["value"] <= 1.0
+        assert row["value"] * row["n"] == round(row["value"] * row["n"])
         assert row["name"] in result.stdout
 
 
