@@ -99,7 +99,9 @@ def test_ranked_records_train_with_the_listwise_loss(data, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[0] > 1.0  # Plackett-Luce over 3-4 responses starts above log 2
-    assert losses[-1] < losses[0]
+    # per-step losses of 8 lists are noisy: compare 4-step means (measured 2.13 -> 1.50)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last <= first - 0.3, losses
 
 
 def test_ranked_records_with_a_pairwise_loss_fail_before_training(data, tmp_path):
