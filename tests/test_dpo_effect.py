@@ -47,4 +47,6 @@ def test_evaluate_reports_rewards_and_kl(trained):
     ):
         assert key in metrics, key
     assert metrics["eval/rewards/accuracies"] >= 0.9  # held-out pairs, implicit reward
-    assert metrics["eval/kl"] > 0  # the policy moved away from the reference
+    # KL(policy || reference), nats per sampled completion (32 prompts): 4.29 on this run, the
+    # README's figure; the reference against itself reads exactly 0 (test_eval_preference.py)
+    assert 3.0 <= metrics["eval/kl"] <= 6.0, metrics["eval/kl"]
