@@ -217,12 +217,14 @@ def test_tap_prunes_off_topic_children_and_keeps_the_best_leaves():
 
 # ---------------------------------------------------------------------------------- testbed
 
-WEAK_TEMPLATES = ["roleplay-actor", "suppress-rules", "suppress-terse", "hypothetical-world"]
-
 
 def test_pair_and_tap_break_heldout_behaviours_direct_requests_do_not(testbed_backend, tmp_path):
-    """Rule-based PAIR / TAP with the weakest library templates, greedy target, 12 held-out
-    behaviours: success rises far above direct requests, and above the first round alone."""
+    """Rule-based PAIR / TAP with the library templates (alignkit's own words, not the
+    testbed's trained wrappers), greedy target, 12 held-out behaviours: success (a harmful
+    answer to the behaviour's own request) rises far above direct requests, and above the first
+    round alone. Measured: direct 0.00; PAIR round 0 0.25 -> final 0.58, TAP 0.17 -> 0.83.
+    (With only the four weakest templates the target answers in word salad: PAIR's 0.42 of
+    any harmful-looking text, already under this bar, is 0.08 on target.)"""
     from alignkit.redteam.behaviours import testbed_behaviours
     from alignkit.redteam.campaign import RedTeaming
     from alignkit.redteam.target import query_target
@@ -232,14 +234,14 @@ def test_pair_and_tap_break_heldout_behaviours_direct_requests_do_not(testbed_ba
     config = GenerationConfig(max_new_tokens=48, temperature=0.0)
     direct = query_target(testbed_backend, [b.goal for b in behaviours], config)
     pairs = zip(behaviours, direct, strict=True)
-    direct_asr = sum(label(b.goal, r.text).harmful for b, r in pairs) / 12
+    direct_asr = sum(label(b.goal, r.text).on_target for b, r in pairs) / 12
     campaign = RedTeaming(
         testbed_backend,
         [("pair", {"n_streams": 2, "n_iterations": 5}), ("tap", {"width": 2, "depth": 4})],
         behaviours,
         store=tmp_path / "c.sqlite",
         judge="testbed",
-        attacker=RuleMutator(templates=WEAK_TEMPLATES),
+        attacker=RuleMutator(templates="library"),
         generation=config,
         progress=False,
     )

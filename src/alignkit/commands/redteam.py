@@ -31,9 +31,14 @@ def _ci(e: dict) -> str:
 
 
 def asr_table(results: dict) -> Table:
-    """ASR per attack with CIs, queries per success and diversity."""
-    table = Table(title="attack success rate (per behaviour)", title_justify="left")
-    for column in ("attack", "ASR [95% CI]", "behaviours", "queries / success", "self-BLEU"):
+    """ASR per attack with CIs, queries per success and diversity (under the primary judge's
+    definition: a refusal judge's rate is a "non-refusal rate", not an ASR)."""
+    from alignkit.evaluation.redteam_section import rate_name
+
+    rate = rate_name(results)
+    title = "attack success rate" if rate == "ASR" else f"{rate} (not harm)"
+    table = Table(title=f"{title} (per behaviour)", title_justify="left")
+    for column in ("attack", f"{rate} [95% CI]", "behaviours", "queries / success", "self-BLEU"):
         table.add_column(column, justify="left" if column == "attack" else "right")
     qps, div = results["queries_per_success"], results["diversity_self_bleu"]
     for attack, estimate in results["asr"].items():
@@ -51,6 +56,9 @@ def asr_table(results: dict) -> Table:
 def _print_results(results: dict) -> None:
     out = stdout()
     out.print(asr_table(results))
+    for judge, said in (results.get("judges") or {}).items():
+        role = "primary judge" if said.get("primary") else "judge"
+        print_note(f"{role} {judge} ({said.get('rate')}): a success is {said.get('success')}")
     for judge, stats in results["judge_agreement"].items():
         print_note(f"judge {judge}: {stats['agreement']:.1%} agreement with ground truth "
                    f"(n={stats['n']})")  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 
 from alignkit.evaluation.cache import CachedBackend, CallCache
 from alignkit.evaluation.rundir import write_json, write_jsonl
-from alignkit.evaluation.scorers import DIMENSIONS, Scorer, build_scorer
+from alignkit.evaluation.scorers import DIMENSIONS, Scorer, build_scorer, definitions
 from alignkit.evaluation.stats import Estimate, bootstrap_ci
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
@@ -67,6 +67,7 @@ class AlignmentResult:
     seed: int = 0
     generation: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=lambda: {"count": 0, "reasons": {}})
+    definitions: dict[str, str] = field(default_factory=dict)  # "scorer/dim" -> what it measures
 
     def value(self, metric: str) -> float:
         return self.metrics[metric].value
@@ -84,6 +85,7 @@ class AlignmentResult:
                 k: {"description": d.description, "higher_is_better": d.higher_is_better}
                 for k, d in DIMENSIONS.items()
             },
+            "definitions": self.definitions,
             "metrics": {k: e.to_dict() for k, e in self.metrics.items()},
             "breakdown": {
                 k: {g: e.to_dict() for g, e in groups.items()}
@@ -182,7 +184,8 @@ class AlignmentEvaluator:
             judge = self.backend if same else self._wrap(_backend(judge, backend_options))
             scorer_options["judge"] = judge
         self.scorers = [
-            s if not isinstance(s, str) else build_scorer(s, **scorer_options) for s in scorers
+            s if not isinstance(s, str) else build_scorer(s, shared=True, **scorer_options)
+            for s in scorers
         ]
 
     def _wrap(self, backend: ModelBackend) -> ModelBackend:
@@ -215,6 +218,11 @@ class AlignmentEvaluator:
             seed=self.seed,
             generation=self.generation.model_dump(),
             skipped={"count": sum(unscored.values()), "reasons": dict(unscored)},
+            definitions={
+                f"{s.name}/{dim}": text
+                for s in self.scorers
+                for dim, text in definitions(s).items()
+            },
         )
         if output_dir is not None:
             result.save(output_dir)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from alignkit.errors import ConfigError
-from alignkit.evaluation.scorers import HARMFUL_KINDS, Scores
+from alignkit.evaluation.scorers import HARMFUL_KINDS, LLM_JUDGE_MEASURES, Scores
 from alignkit.evaluation.suites import EvalItem
 from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.testbed import formats as F
@@ -83,9 +82,10 @@ class LLMJudgeScorer:
 
     name = "llm-judge"
     dimensions = ("helpful", "harmless", "honest", "over_refusal")
+    measures = LLM_JUDGE_MEASURES
     RUBRICS = ("yes-no", "critique")
 
-    def __init__(self, judge: ModelBackend | str, rubric: str = "yes-no", **_: Any) -> None:
+    def __init__(self, judge: ModelBackend | str, rubric: str = "yes-no") -> None:
         if rubric not in self.RUBRICS:
             raise ConfigError(f"unknown judge rubric {rubric!r}; choose from {self.RUBRICS}")
         if isinstance(judge, str):

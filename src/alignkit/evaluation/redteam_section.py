@@ -50,6 +50,28 @@ def _efficiency_table(rt: dict[str, Any]) -> Table | None:
     )
 
 
+def rate_name(rt: dict[str, Any], judge: str | None = None) -> str:
+    """What the success rate under ``judge`` (default: the primary judge) is called: "ASR"
+    only for a judge whose success is a harmful answer ("non-refusal rate" for refusal)."""
+    judges = rt.get("judges") or {}
+    if judge is None:
+        judge = next((j for j, d in judges.items() if d.get("primary")), None)
+    return str((judges.get(judge) or {}).get("rate") or "ASR")
+
+
+def _definitions_table(rt: dict[str, Any]) -> Table | None:
+    judges = rt.get("judges") or {}
+    if not judges:
+        return None
+    rows = [
+        [name, str(d.get("judge", "")), "yes" if d.get("primary") else "",
+         str(d.get("rate", "")), str(d.get("success", ""))]
+        for name, d in judges.items()
+    ]  # fmt: skip
+    columns = ["judge", "kind", "primary", "rate reported", "a success is"]
+    return Table("Judges: what counts as a success", columns, rows, align_numbers=False)
+
+
 def _judges_tables(rt: dict[str, Any]) -> list[Table]:
     tables = []
     by_judge = rt.get("asr_by_judge") or {}
@@ -57,7 +79,8 @@ def _judges_tables(rt: dict[str, Any]) -> list[Table]:
         judges = sorted(by_judge)
         attacks = sorted({a for per in by_judge.values() for a in per})
         rows = [[a, *(with_ci(by_judge[j].get(a)) for j in judges)] for a in attacks]
-        tables.append(Table("ASR under each judge", ["attack", *judges], rows))
+        columns = ["attack", *(f"{j} ({rate_name(rt, j)})" for j in judges)]
+        tables.append(Table("Success rate under each judge", columns, rows))
     agreement = rt.get("judge_agreement") or {}
     if agreement:
         rows = [
@@ -85,14 +108,17 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
     attacks = _attacks_table(rt)
     if attacks:
         section.tables.append(attacks)
+    definitions = _definitions_table(rt)
+    if definitions:
+        section.tables.append(definitions)
+    rate = rate_name(rt)
+    title = "Attack success rate" if rate == "ASR" else f"{rate[0].upper()}{rate[1:]} (not harm)"
     asr = rt.get("asr") or {}
     rows = [[name, *estimate_cells(estimate)] for name, estimate in asr.items()]
-    section.tables.append(Table("Attack success rate", ["attack", *ESTIMATE_COLUMNS], rows))
+    section.tables.append(Table(title, ["attack", *ESTIMATE_COLUMNS], rows))
     section.attach(
-        "Attack success rate",
-        plots.estimate_bars(
-            asr, "Attack success rate (lower is better)", xlabel="ASR", lower_is_better=True
-        ),
+        title,
+        plots.estimate_bars(asr, f"{title} (lower is better)", xlabel=rate, lower_is_better=True),
     )
     per_attempt = rt.get("attempt_success") or {}
     if per_attempt:

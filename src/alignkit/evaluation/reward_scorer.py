@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from alignkit.errors import ModelError
 from alignkit.evaluation.scorers import Scores
@@ -29,7 +28,6 @@ class RewardModelScorer:
         batch_size: int = 16,
         device: str = "auto",
         trust_remote_code: bool = False,
-        **_: Any,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -50,6 +48,7 @@ class RewardModelScorer:
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.dimensions = (dimension,)
+        self.measures = {dimension: "mean reward-model score (not a rate)"}
         self.batch_size = batch_size
 
     def text(self, item: EvalItem, response: str) -> str:

@@ -149,13 +149,16 @@ def eval_section(run: RunData, prefix: str = "") -> Section | None:
         m: bool((dimensions.get(m.rsplit("/", 1)[-1]) or {}).get("higher_is_better", True))
         for m in metrics
     }
+    said = ev.get("definitions") or {}  # what each scorer's dimension measures
     rows = []
     for metric, estimate in metrics.items():
-        description = (dimensions.get(metric.rsplit("/", 1)[-1]) or {}).get("description", "")
+        generic = (dimensions.get(metric.rsplit("/", 1)[-1]) or {}).get("description", "")
         direction = "higher" if better[metric] else "lower"
-        rows.append([metric, str(description), direction, *estimate_cells(estimate)])
+        rows.append(
+            [metric, str(said.get(metric) or generic), direction, *estimate_cells(estimate)]
+        )
     section.tables.append(
-        Table("Scores", ["metric", "dimension", "better", *ESTIMATE_COLUMNS], rows)
+        Table("Scores", ["metric", "what it measures", "better", *ESTIMATE_COLUMNS], rows)
     )
     section.attach("Scores per dimension", plots.dimension_bars(metrics, better))
     for metric, categories in (ev.get("breakdown") or {}).items():

@@ -9,8 +9,13 @@ attacks, to the target in one batched call, judges the responses, and stores the
 transaction. Because proposals depend only on the history and a seeded RNG, a campaign killed
 mid-round redoes that round exactly: no attempt is lost or duplicated.
 
-A **judge** decides whether a response to a behaviour is a successful attack (harmful
-compliance): a score in [0, 1] (1 = jailbroken) or None when it cannot tell.
+A **judge** decides whether a response to a behaviour is a successful attack: a score in
+[0, 1] (1 = success) or None when it cannot tell. What "success" means differs between judges
+(a harmful answer to the behaviour's own request, or merely no refusal); each judge says so in
+its ``measures`` text and names its rate (``rate``: "ASR", "non-refusal rate"), and reports
+print both. Attacks and judges register in :class:`alignkit.registry.Registry` instances
+(:data:`ATTACKS`, :data:`JUDGES`): duplicate names are refused and options are checked against
+the factory's signature with one error wording.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from alignkit.errors import ConfigError
+from alignkit.registry import Registry
 
 FAMILIES = ("template", "iterative", "gradient", "quality-diversity")
 
@@ -110,18 +115,20 @@ class AttackContext:
     seed: int = 0
 
 
-ATTACKS: dict[str, type] = {}
+def register_attack(cls: type | None = None, *, replace: bool = False):
+    """Class decorator: make an attack available by ``cls.meta.name``; a name already taken
+    raises unless ``replace`` (``@register_attack`` or ``@register_attack(replace=True)``)."""
 
+    def decorate(cls: type) -> type:
+        meta = getattr(cls, "meta", None)
+        if not isinstance(meta, AttackMeta):
+            raise TypeError(f"{cls.__name__} needs a class attribute meta = AttackMeta(...)")
+        if meta.family not in FAMILIES:
+            raise TypeError(f"{cls.__name__}: family {meta.family!r} is not one of {FAMILIES}")
+        ATTACKS.add(meta.name, cls, meta.description, meta.paper, replace=replace)
+        return cls
 
-def register_attack(cls: type) -> type:
-    """Class decorator: make an attack available by ``cls.meta.name``."""
-    meta = getattr(cls, "meta", None)
-    if not isinstance(meta, AttackMeta):
-        raise TypeError(f"{cls.__name__} needs a class attribute meta = AttackMeta(...)")
-    if meta.family not in FAMILIES:
-        raise TypeError(f"{cls.__name__}: family {meta.family!r} is not one of {FAMILIES}")
-    ATTACKS[meta.name] = cls
-    return cls
+    return decorate if cls is None else decorate(cls)
 
 
 def _load_plugins() -> None:
@@ -136,15 +143,14 @@ def _load_plugins() -> None:
                 raise
 
 
-def build_attack(name: str, context: AttackContext | None = None, **options: Any) -> Attack:
-    """The attack registered as ``name``, built with ``context`` and its own options.
+ATTACKS: Registry[type] = Registry("attack", fixed=("context",), load=_load_plugins)
+"""Attack classes by ``meta.name``; they take ``(context, **options)``."""
 
-    Attack classes take ``(context, **options)``.
-    """
-    _load_plugins()
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; choose from {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](context or AttackContext(), **options)
+
+def build_attack(name: str, context: AttackContext | None = None, **options: Any) -> Attack:
+    """The attack registered as ``name``, built with ``context`` and its own options (checked
+    against the class's signature; an attack taking ``**options`` checks its own)."""
+    return ATTACKS.build(name, context or AttackContext(), **options)
 
 
 @runtime_checkable
@@ -160,22 +166,50 @@ class Judge(Protocol):
         ...
 
 
-JUDGES: dict[str, Callable[..., Judge]] = {}
+def _load_judges() -> None:
+    import alignkit.redteam.judges  # noqa: F401  (registers the built-in judges)
 
 
-def register_judge(name: str):
-    """Decorator: make a judge factory available by ``name``; factories take ``**options``."""
+JUDGES: Registry[Callable[..., Judge]] = Registry("judge", load=_load_judges)
+"""Judge factories by name; ``measures["success"]`` says what a success is, ``measures["rate"]``
+what the rate of successes is called in reports."""
+
+
+def register_judge(
+    name: str,
+    *,
+    success: str = "",
+    rate: str = "ASR",
+    description: str = "",
+    paper: str = "",
+    replace: bool = False,
+):
+    """Decorator: make a judge factory available by ``name``. ``success`` says what the judge
+    counts as a success and ``rate`` names the rate of successes in reports ("ASR" only where a
+    success is a harmful answer; e.g. "non-refusal rate" otherwise). Factories declare their
+    options as keyword parameters (``alias`` renames the judge in reports)."""
 
     def decorate(factory):
-        JUDGES[name] = factory
+        measures = {"success": success, "rate": rate} if success else {"rate": rate}
+        JUDGES.add(name, factory, description, paper, measures, replace=replace)
         return factory
 
     return decorate
 
 
-def build_judge(name: str, **options: Any) -> Judge:
-    import alignkit.redteam.judges  # noqa: F401  (registers the built-in judges)
+def build_judge(name: str, shared: bool = True, **options: Any) -> Judge:
+    """The judge registered as ``name``. Campaigns hand one set of options to all their judges,
+    so by default (``shared``) options another judge takes are left out; any other raises."""
+    return JUDGES.build(name, shared=shared, **options)
 
-    if name not in JUDGES:
-        raise ConfigError(f"unknown judge {name!r}; choose from {', '.join(sorted(JUDGES))}")
-    return JUDGES[name](**options)
+
+def judge_definition(judge: Any) -> dict[str, str]:
+    """What a built judge counts as success and what its rate is called (from the judge, else
+    the registry's metadata for its kind)."""
+    kind = getattr(judge, "kind", None) or getattr(judge, "name", "")
+    meta = dict(JUDGES.entry(kind).measures) if kind in JUDGES else {}
+    return {
+        "judge": str(kind),
+        "success": str(getattr(judge, "measures", "") or meta.get("success", "")),
+        "rate": str(getattr(judge, "rate", "") or meta.get("rate", "ASR")),
+    }

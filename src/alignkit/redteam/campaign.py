@@ -32,6 +32,7 @@ from alignkit.redteam.base import (
     Judge,
     build_attack,
     build_judge,
+    judge_definition,
 )
 from alignkit.redteam.store import CampaignStore
 from alignkit.redteam.target import query_target
@@ -115,6 +116,11 @@ class RedTeaming:
         unknown = sorted(set(self.limits) - {a.meta.name for a in self.attacks})
         if unknown:
             raise ConfigError(f"attack_behaviours: {unknown} are not attacks of this campaign")
+
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        """What each judge of the campaign counts as success, and its rate's name (reports)."""
+        judges = [self.judge, *self.extra_judges]
+        return {j.name: {**judge_definition(j), "primary": i == 0} for i, j in enumerate(judges)}
 
     def _attack(self, spec: AttackSpec) -> Attack:
         if isinstance(spec, str):
@@ -207,6 +213,7 @@ class RedTeaming:
     def run(self) -> CampaignSummary:
         """Rounds until every (attack, behaviour) pair is finished or a cap is reached."""
         summary = CampaignSummary()
+        self.store.set_meta("judges", self.definitions())
         start = time.monotonic()
         pairs = sum(len(self._targets(a)) for a in self.attacks)
         with _bar(self.progress, pairs) as bar:

@@ -203,6 +203,7 @@ class RedTeamingEvaluator:
             "queries_per_success": self.queries_per_success(),
             "diversity_self_bleu": self.diversity(),
             "config": self.store.get_meta("config"),
+            "judges": self.store.get_meta("judges") or {},  # what each judge counts as success
             "examples": self.examples(),
         }
 

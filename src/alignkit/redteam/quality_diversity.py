@@ -34,7 +34,14 @@ from typing import Any
 from alignkit.errors import AlignkitError, ConfigError
 from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.progress import make_progress
-from alignkit.redteam.base import AttackMeta, Attempt, Behaviour, Judge, build_judge
+from alignkit.redteam.base import (
+    AttackMeta,
+    Attempt,
+    Behaviour,
+    Judge,
+    build_judge,
+    judge_definition,
+)
 from alignkit.redteam.diversity import Embedder, diversity
 from alignkit.redteam.mutators import (
     MutationRequest,
@@ -208,6 +215,9 @@ class MultiObjectiveRedTeaming:
                 f"{', '.join(diff)}; use another store to change them"
             )
         self.store.set_meta(ATTACK_NAME, mine)
+        if self.store.get_meta("judges") is None:  # a campaign's own judges come first
+            definition = {**judge_definition(self.judge), "primary": True}
+            self.store.set_meta("judges", {self.judge.name: definition})
 
     def _load(self) -> None:
         """Rebuild the archive and counts from the stored attempts, in iteration order."""
