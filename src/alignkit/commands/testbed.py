@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from alignkit.atomic import write_text
 from alignkit.commands._console import print_note, stdout
 from alignkit.commands._options import config_command
 from alignkit.config import (
@@ -104,9 +105,8 @@ def show_behaviour(config: BehaviourConfig, report: BehaviourReport, title: str)
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON, creating parent directories."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    """Write ``data`` as indented JSON, atomically, creating parent directories."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
     print_note(f"wrote {path}")
 
 

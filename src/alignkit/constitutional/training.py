@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.atomic import replace_dir
 from alignkit.constitutional.config import CAIConfig
 from alignkit.constitutional.constitution import (
     Constitution,
@@ -159,7 +160,7 @@ class ConstitutionalAITrainer:
                 )
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=2))
+        write_text(path, json.dumps(identity, indent=2))
 
     def _backend(self, model: str) -> ModelBackend:
         from alignkit.models import load_backend
@@ -253,7 +254,7 @@ class ConstitutionalAITrainer:
             for key, row in sorted(ChunkStore(revisions).rows.items())
         ]
         supervised_finetune(self.config.sl_config(revisions, partial), partial, examples)
-        partial.rename(out)
+        replace_dir(partial, out)
         return out
 
     # -- stage 3: AI feedback -----------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from alignkit.atomic import replace_dir
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -55,8 +57,7 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_weights(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_dir(tmp, final)
     old = sorted(root.glob("step-??????"), key=lambda p: p.name)[:-keep] if keep else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignkit.atomic import temporary_path
 from alignkit.dpo.forward import SequenceLogps, get_ref_log_probs
 from alignkit.paths import cache_dir
 
@@ -90,8 +90,7 @@ def precompute_reference(
         torch.cat([p.logps for p in parts])[inverse], torch.cat([p.tokens for p in parts])[inverse]
     )
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")  # processes of one launch may race
-        save_file({"logps": result.logps.contiguous(), "tokens": result.tokens.contiguous()}, tmp)
-        tmp.replace(path)
+        with temporary_path(path) as tmp:  # processes of one launch may race
+            tensors = {"logps": result.logps.contiguous(), "tokens": result.tokens.contiguous()}
+            save_file(tensors, tmp)
     return result

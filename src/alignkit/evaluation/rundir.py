@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.atomic import write_text  # noqa: F401 (re-exported: the one atomic writer)
 from alignkit.errors import DataError
 
 # name in RunData -> file name; at least one of RESULT_FILES must exist in a run directory
@@ -96,20 +96,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same directory, then a
-    rename (so a crash never leaves a half-written result file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"cannot write {str(path)!r}: {exc}") from None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignkit.atomic import replace_dir
 from alignkit.paths import cache_dir
 
 CHAT_TEMPLATE = (
@@ -128,8 +129,7 @@ def build_testbed(
             source_hash=_source_hash(),
         )
         (tmp / "testbed.json").write_text(json.dumps(stats, indent=2))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        replace_dir(tmp, path)
     return path
 
 

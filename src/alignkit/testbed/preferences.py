@@ -36,6 +36,7 @@ import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from alignkit.atomic import write_text
 from alignkit.errors import ConfigError
 from alignkit.testbed import content as C
 from alignkit.testbed.world import Request, World, wrap
@@ -171,10 +172,8 @@ def ranked_records(
 
 
 def write_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
-    """Write records as JSON Lines (UTF-8), creating parent directories; returns the path."""
+    """Write records as JSON Lines (UTF-8), atomically, creating parent directories; returns
+    the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
