@@ -16,6 +16,7 @@ from alignkit.models import ModelBackend, load_backend, score
 from alignkit.models.base import BackendOptions, GenerationConfig, ModelSpec
 from alignkit.models.openai_compat import OpenAIBackend
 from alignkit.models.retry import RetryPolicy, parse_retry_after
+from alignkit.models.sampling import prompt_key, request_seed, sample_key
 
 FAST = RetryPolicy(max_retries=3, budget=5.0, base_delay=0.01, max_delay=0.05)
 SECRET = "sk-alignkit-test-7f3a9c2e5b1d-DO-NOT-LEAK"
@@ -274,7 +275,8 @@ def test_generation_config_mapping():
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "ping"},
     ]
-    expected = {"max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n"]}
+    seed = request_seed(sample_key(3, prompt_key("ping")))  # the per-prompt rule, not 3 itself
+    expected = {"max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "seed": seed, "stop": ["\n"]}
     assert {k: first[k] for k in expected} == expected
     assert first["logprobs"] is True and "top_k" not in first
     assert second["top_k"] == 4 and "seed" not in second and "stop" not in second

@@ -3,10 +3,15 @@
 A call is keyed on what decides its answer: the model's identity (its name, the size and
 modification time of its weight files, and the backend options that change outputs, such as
 the chat template and system prompt), the operation, the prompt (and completion, for
-log-probs) and the generation settings. Operational settings (batch size, device, concurrency,
-timeouts, retries) are not part of the key. :class:`CachedBackend` wraps any backend, asks it
-only for what the cache lacks, in chunks, and stores each chunk as soon as it returns: a run
-that dies loses at most the chunk in flight, and rerunning it repeats no finished call.
+log-probs) and the generation settings. A sampled completion's key also holds the sampling
+rule's version and the prompt's occurrence among equal prompts of the call, the two things
+besides the seed that its randomness depends on (:mod:`alignkit.models.sampling`).
+Operational settings (batch size, device, concurrency, timeouts, retries) are not part of the
+key, and sampled text does not depend on them either: a rerun with another batch size reuses
+every entry, and a half-filled cache gives the same completions as an empty one.
+:class:`CachedBackend` wraps any backend, asks it only for what the cache lacks, in chunks, and
+stores each chunk as soon as it returns: a run that dies loses at most the chunk in flight, and
+rerunning it repeats no finished call.
 
 A backend whose weights cannot be identified (a model built in memory) is not cached.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.models.base import Completion, GenerationConfig, ModelBackend, Prompt, TokenLogprobs
+from alignkit.models.sampling import SAMPLING_RULE, occurrence_seed, occurrences, prompt_key
 from alignkit.paths import cache_dir
 from alignkit.progress import make_progress
 
@@ -166,14 +172,39 @@ class CachedBackend:
     def generate(
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None
     ) -> list[Completion]:
+        """Completions from the cache where it has them; the rest from the backend.
+
+        A sampled prompt's k-th copy in the call is asked for on its own, in a call of k-th
+        copies under ``occurrence_seed(seed, k)``, which by the sampling rule is the draw it
+        would have had in one call with every copy.
+        """
         config = config or GenerationConfig()
         if self.identity is None:
             return self.backend.generate(prompts, config)
         settings = config.model_dump()
-        keys = [call_key(self.identity, "generate", _prompt_key(p), settings) for p in prompts]
+        sampled = config.temperature > 0
+        occurrence = (
+            occurrences([prompt_key(p) for p in prompts]) if sampled else [0] * len(prompts)
+        )
+        keys = [
+            call_key(self.identity, "generate", _prompt_key(p), settings)
+            if not sampled
+            else call_key(self.identity, "generate", _prompt_key(p), settings, SAMPLING_RULE, k)
+            for p, k in zip(prompts, occurrence, strict=True)
+        ]
+
+        def call(idx: list[int]) -> list[Completion]:
+            out: dict[int, Completion] = {}
+            for k in sorted({occurrence[i] for i in idx}):
+                group = [i for i in idx if occurrence[i] == k]
+                settings_k = config.model_copy(update={"seed": occurrence_seed(config.seed, k)})
+                answers = self.backend.generate([prompts[i] for i in group], settings_k)
+                out.update(zip(group, answers, strict=True))
+            return [out[i] for i in idx]
+
         return self._through_cache(
             keys,
-            lambda idx: self.backend.generate([prompts[i] for i in idx], config),
+            call,
             lambda v: Completion(**v),
             lambda c: {
                 "text": c.text,

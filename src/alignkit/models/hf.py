@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import transformers
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from alignkit.errors import ModelError
 from alignkit.models import hf_whitebox
@@ -44,6 +44,8 @@ from alignkit.models.base import (
     as_messages,
 )
 from alignkit.models.hf_loading import load_pretrained, resolve_device
+from alignkit.models.hf_sampling import GumbelSampler
+from alignkit.models.sampling import sample_keys
 
 logger = logging.getLogger(__name__)
 
@@ -235,20 +237,31 @@ class HFBackend:
         """One completion per prompt, in input order.
 
         Prompts are sorted by length and generated in left-padded batches of
-        ``options.batch_size``. ``config.temperature == 0`` is greedy decoding; otherwise the
-        same ``config.seed`` gives the same completions. A completion ends at an end-of-turn
-        token, at a stop string (cut from the text) or after ``max_new_tokens``. ``progress``
-        shows a progress bar (default: for 4+ batches on a terminal).
+        ``options.batch_size``. ``config.temperature == 0`` is greedy decoding. Otherwise each
+        prompt is sampled with its own randomness, keyed on (``config.seed``, the prompt, its
+        occurrence among equal prompts of this call) by the rule of
+        :mod:`alignkit.models.sampling`, so a completion does not depend on the batch size, the
+        order of the prompts or the other prompts of the call; ``seed=None`` draws a fresh seed
+        from torch's global RNG. A completion ends at an end-of-turn token, at a stop string
+        (cut from the text) or after ``max_new_tokens``. ``progress`` shows a progress bar
+        (default: for 4+ batches on a terminal).
         """
         config = config or GenerationConfig()
         encoded = [self.encode_prompt(p) for p in prompts]
+        keys: list[int | None] = [None] * len(encoded)
+        if config.temperature > 0:
+            seed = config.seed
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, ()).item())
+            keys = list(sample_keys(prompts, seed))
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         stops = self.stop_strings(config)
         results: list[Completion | None] = [None] * len(encoded)
         batches = list(_batches(order, self.options.batch_size))
-        with self._seeded(config.seed), self._progress(len(batches), progress) as advance:
+        with self._progress(len(batches), progress) as advance:
             for batch in batches:
-                outs = self._generate_batch([encoded[i] for i in batch], config, stops)
+                rows = ([encoded[i] for i in batch], [keys[i] for i in batch])
+                outs = self._generate_batch(*rows, config, stops)
                 for i, out in zip(batch, outs, strict=True):
                     results[i] = out
                 advance()
@@ -260,14 +273,20 @@ class HFBackend:
         return [*config.stop, *([PLAIN_STOP] if self._plain else [])]
 
     def _generate_batch(
-        self, encoded: list[list[int]], config: GenerationConfig, stops: list[str]
+        self,
+        encoded: list[list[int]],
+        keys: list[int | None],
+        config: GenerationConfig,
+        stops: list[str],
     ) -> list[Completion]:
         """Generate for one left-padded batch and turn each row into a :class:`Completion`.
 
         Decoding runs in rounds of :attr:`refill_every` tokens. After each round the rows that
         have ended leave the batch, and their entries are dropped from the KV cache, so the
         rest go on without recomputing anything: a batch costs what its live rows cost, not
-        what its longest row costs (completion lengths often differ tenfold).
+        what its longest row costs (completion lengths often differ tenfold). Sampling draws
+        each row's tokens from its own sample key (``keys``), by
+        :class:`~alignkit.models.hf_sampling.GumbelSampler`.
         """
         ids, mask = pad_token_ids(encoded, self.pad_id, left=True)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -276,6 +295,10 @@ class HFBackend:
         active, cache = list(range(len(encoded))), None
         hf_config = self._hf_generation_config(config)
         hf_config.return_dict_in_generate = True
+        sampler = None
+        if config.temperature > 0:
+            sampler = GumbelSampler(config, keys, width, self.device)  # type: ignore[arg-type]
+        processors = LogitsProcessorList([sampler] if sampler is not None else [])
         while active:
             done = ids.shape[1] - width
             hf_config.max_new_tokens = min(self.refill_every, config.max_new_tokens - done)
@@ -286,6 +309,7 @@ class HFBackend:
                     attention_mask=mask,
                     generation_config=hf_config,
                     stopping_criteria=StoppingCriteriaList(criteria),
+                    logits_processor=processors,
                     **({self._cache_kwarg: cache} if cache is not None else {}),
                 )
             new = out.sequences[:, ids.shape[1] :]
@@ -299,6 +323,8 @@ class HFBackend:
             mask = torch.cat([mask, torch.ones_like(new)], dim=1).index_select(0, index)
             cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5
             cache.batch_select_indices(index)
+            if sampler is not None:
+                sampler.select(index)
             active = [active[r] for r in keep]
         return [self._finish(row, stops, config.max_new_tokens) for row in generated]
 
@@ -312,19 +338,19 @@ class HFBackend:
         return any(s in text for s in stops)
 
     def _hf_generation_config(self, config: GenerationConfig) -> transformers.GenerationConfig:
-        """Our sampling settings as a transformers config (overriding the model's defaults)."""
-        sample = config.temperature > 0
-        # Greedy decoding ignores the sampling flags; transformers' neutral values keep the
-        # model's own sampling defaults (e.g. temperature=0.6) from being merged in and warned on.
-        flags = (
-            {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
-            if sample
-            else {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
-        )
+        """Our settings as a transformers config (overriding the model's defaults).
+
+        transformers always decodes greedily here: sampling is the argmax of logits that
+        :class:`~alignkit.models.hf_sampling.GumbelSampler` warped and perturbed. Its neutral
+        sampling values keep the model's own defaults (e.g. temperature=0.6) from being merged
+        in and warned on.
+        """
         return transformers.GenerationConfig(
             max_new_tokens=config.max_new_tokens,
-            do_sample=sample,
-            **flags,
+            do_sample=False,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
             eos_token_id=self.end_token_ids or None,
             pad_token_id=self.pad_id,
         )
@@ -357,18 +383,6 @@ class HFBackend:
             else:
                 lo = mid + 1
         return hi
-
-    @contextlib.contextmanager
-    def _seeded(self, seed: int | None) -> Iterator[None]:
-        """Seed torch's RNG for the duration of one call, restoring the global state after."""
-        if seed is None:
-            yield
-            return
-        cuda = self.device.type == "cuda"
-        devices = [self.device.index or torch.cuda.current_device()] if cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
 
     @contextlib.contextmanager
     def _progress(self, total: int, show: bool | None):

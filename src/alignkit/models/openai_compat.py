@@ -45,6 +45,7 @@ from alignkit.models.base import (
     as_messages,
 )
 from alignkit.models.retry import RequestContext, RetryPolicy, call_with_retries, describe_failure
+from alignkit.models.sampling import request_seed, sample_keys
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +177,23 @@ class OpenAIBackend:
     def generate(
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None
     ) -> list[Completion]:
-        """One completion per prompt, in order; up to ``max_concurrency`` requests in flight."""
+        """One completion per prompt, in order; up to ``max_concurrency`` requests in flight.
+
+        Each request carries its own ``seed``, derived from (``config.seed``, the prompt, its
+        occurrence among equal prompts of this call) by the rule of
+        :mod:`alignkit.models.sampling`, so on a server that seeds requests one by one (vLLM) a
+        sample does not depend on the other prompts, and equal prompts get distinct samples.
+        ``seed=None`` sends no seed.
+        """
         config = config or GenerationConfig()
         inputs = [self._render(i, p) for i, p in enumerate(prompts)]
         params = _sampling_params(config)
-        completions = self._map(lambda item: self._complete(item, params), inputs)
+        if config.seed is None:
+            requests = [(item, params) for item in inputs]
+        else:
+            seeds = [request_seed(key) for key in sample_keys(prompts, config.seed)]
+            requests = [(item, params | {"seed": s}) for item, s in zip(inputs, seeds, strict=True)]
+        completions = self._map(lambda request: self._complete(*request), requests)
         for completion in completions:
             completion.text = _strip_stop(completion.text, config.stop)
         return completions
@@ -399,14 +412,12 @@ class OpenAIBackend:
 
 
 def _sampling_params(config: GenerationConfig) -> dict[str, Any]:
-    """OpenAI request fields for a :class:`GenerationConfig`."""
+    """OpenAI request fields for a :class:`GenerationConfig` (the per-request seed aside)."""
     params: dict[str, Any] = {
         "max_tokens": config.max_new_tokens,
         "temperature": config.temperature,
         "top_p": config.top_p,
     }
-    if config.seed is not None:
-        params["seed"] = config.seed
     if config.stop:
         params["stop"] = list(config.stop)
     if config.top_k:
