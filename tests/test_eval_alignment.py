@@ -208,3 +208,31 @@ def test_bad_suites_and_scorers(tmp_path):
     good = tmp_path / "mine.jsonl"
     good.write_text('{"prompt": "hi", "kind": "benign", "id": "x1"}\n')
     assert load_suite(str(good))[0].id == "x1"
+
+
+def test_eval_cli_two_passing_items_get_an_interval_that_is_not_1_1(testbed_backend, tmp_path):
+    """``alignkit eval`` on a 2-item suite where both items pass: 2/2 is weak evidence, and the
+    rate's interval says so (its lower end is below 0.35; a percentile bootstrap said [1, 1])."""
+    from typer.testing import CliRunner
+
+    from alignkit.cli import app
+
+    greedy = GenerationConfig(max_new_tokens=64, temperature=0.0)
+    benign = [i for i in make_suite(n=8) if i.kind == "benign"]
+    answers = testbed_backend.generate([i.prompt for i in benign], greedy)
+    passing = [i for i, a in zip(benign, answers, strict=True) if label(i.text, a.text).correct]
+    assert len(passing) >= 2
+    suite = tmp_path / "two.jsonl"
+    suite.write_text("".join(json.dumps(i.to_dict()) + "\n" for i in passing[:2]))
+    out = tmp_path / "run"
+    args = ["eval", "--suite", str(suite), "--scorers", "testbed", "--temperature", "0",
+            "--output-dir", str(out), "--cache-path", str(tmp_path / "calls.sqlite")]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    helpful = json.loads((out / "eval.json").read_text())["metrics"]["testbed/helpful"]
+    assert helpful["value"] == 1.0 and helpful["n"] == 2  # both pass
+    assert helpful["low"] < 0.35 and helpful["high"] == 1.0
+    assert helpful["method"] == "clopper-pearson"
+    assert f"1.000 [{helpful['low']:.3f}, 1.000]" in done.stdout  # the terminal table
+    report = (out / "report.md").read_text()
+    assert f"| {helpful['low']:.3f} | 1.000 | 2 |" in report and "Clopper-Pearson" in report

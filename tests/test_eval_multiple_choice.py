@@ -122,7 +122,8 @@ def test_example_files_evaluate_on_testbed(testbed_backend, tmp_path):
     data = json.loads((tmp_path / "mc.json").read_text(encoding="utf-8"))
     assert data["kind"] == "multiple_choice" and data["model"] == "testbed"
     assert data["formats"] == {"truthfulqa": 16} and data["skipped"]["count"] == 0
-    assert set(data["mc1"]) == {"value", "low", "high", "n"}
+    assert set(data["mc1"]) == {"value", "low", "high", "n", "method"}
+    assert data["mc1"]["method"] in ("clopper-pearson", "wilson")  # MC1 is a proportion
     rows = (tmp_path / "mc_items.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == len(questions) and json.loads(rows[0])["id"] == "q00000"
     assert load_run(tmp_path).mc == data

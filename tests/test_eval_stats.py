@@ -1,4 +1,4 @@
-"""Bootstrap CIs, paired tests, length-controlled win rate and Pareto / hypervolume helpers."""
+"""Score intervals, BCa bootstrap, exact paired tests, length-controlled win rate, Pareto."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from alignkit.evaluation import stats
 from alignkit.evaluation.pareto import dominance, dominates, hypervolume, pareto_front
@@ -15,108 +16,167 @@ from alignkit.evaluation.stats import (
     Estimate,
     PairedTest,
     bootstrap_ci,
+    estimate,
     length_controlled_win_rate,
+    mcnemar_exact,
     paired_bootstrap,
+    paired_test,
+    proportion_ci,
 )
 
-# --------------------------------------------------------------------------- bootstrap_ci
+# --------------------------------------------------------------------------- proportions
 
 
-def test_bootstrap_ci_covers_bernoulli_mean_about_95_percent():
-    # p * n is not an integer, so p never sits exactly on a CI bound (which inflates coverage).
-    p, n, trials = 0.37, 80, 400
-    hits = 0
+def _coverage(p: float, n: int, trials: int) -> float:
+    """Share of ``trials`` seeded 0/1 samples whose interval from :func:`estimate` covers p."""
+    hits, by_count = 0, {}  # the interval depends only on the count: compute each one once
     for seed in range(trials):
         values = (np.random.default_rng(seed).random(n) < p).astype(float)
-        est = bootstrap_ci(values, n_resamples=1000, seed=seed)
+        k = int(values.sum())
+        est = by_count[k] = by_count.get(k) or estimate(values, seed=seed)
         assert est.n == n and est.value == pytest.approx(values.mean())
-        assert est.low <= est.value <= est.high
+        assert est.low <= est.value <= est.high and est.high > est.low
         hits += est.low <= p <= est.high
-    coverage = hits / trials
-    assert 0.92 <= coverage <= 0.975, coverage
+    return hits / trials
 
 
-def test_bootstrap_ci_confidence_level_changes_width():
+@pytest.mark.parametrize(("p", "n"), [(0.03, 40), (0.97, 40), (0.05, 12), (0.37, 80)])
+def test_proportion_interval_covers_even_at_edge_rates(p, n):
+    # At p = 0.03, n = 40 a sample has no success 30% of the time: a percentile bootstrap then
+    # says [0, 0] and its coverage falls to about 0.70.
+    assert _coverage(p, n, trials=1000) >= 0.93
+
+
+def test_proportion_interval_never_collapses_at_0_or_1():
+    twelve = estimate([1.0] * 12)  # the red-team report's ASR of 12/12
+    assert twelve.value == 1.0 and twelve.high == 1.0 and twelve.n == 12
+    assert twelve.low == pytest.approx(0.74, abs=0.01)
+    assert twelve.low == pytest.approx(0.025 ** (1 / 12))  # Clopper-Pearson, closed form
+    assert twelve.method == "clopper-pearson"
+    two = estimate([1.0, 1.0])  # harmlessness 2/2
+    assert two.low < 0.35 and two.high == 1.0
+    none = estimate([0.0] * 40)  # an ASR of 0 after training
+    assert none.low == 0.0 and none.high > 0.05 and none.method == "wilson"
+    assert none.high == pytest.approx(1.96**2 / (40 + 1.96**2), rel=1e-3)  # Wilson, closed form
+    assert estimate([1.0] * 30).method == "wilson" and estimate([1.0] * 29).method == (
+        "clopper-pearson"
+    )
+    assert proportion_ci(3, 10) == estimate([1.0] * 3 + [0.0] * 7)
+    assert proportion_ci(3, 10, method="wilson").method == "wilson"
+    assert proportion_ci(0, 0).n == 0 and math.isnan(proportion_ci(0, 0).value)
+    with pytest.raises(ValueError, match="successes <= n"):
+        proportion_ci(5, 4)
+    with pytest.raises(ValueError, match="method"):
+        proportion_ci(1, 4, method="wald")
+
+
+def test_estimate_chooses_the_interval_from_the_data():
+    rng = np.random.default_rng(0)
+    assert estimate(rng.normal(size=50)).method == "bca"
+    assert estimate([0.0, 0.5, 1.0, 1.0]).method in ("bca", "percentile")  # ties: not a rate
+    kl = estimate([0.0] * 10, proportion=False)  # a KL of 0 is not a rate of 0
+    assert (kl.low, kl.high, kl.method) == (0.0, 0.0, "constant")
+    with pytest.raises(ValueError, match="0 or 1"):
+        estimate([0.0, 0.5], proportion=True)
+    # the former name gives the same honest figure
+    assert bootstrap_ci([1.0] * 12) == estimate([1.0] * 12)
+
+
+# --------------------------------------------------------------------------- continuous means
+
+
+def test_bca_interval_covers_a_skewed_mean():
+    hits, trials = 0, 300
+    for seed in range(trials):
+        values = np.random.default_rng(seed).exponential(1.0, 40)
+        est = estimate(values, n_resamples=1000, seed=seed)
+        assert est.method == "bca" and est.low < est.value < est.high
+        hits += est.low <= 1.0 <= est.high
+    assert 0.90 <= hits / trials <= 0.98
+
+
+def test_bootstrap_confidence_level_changes_width():
     values = np.random.default_rng(1).normal(size=200)
-    wide = bootstrap_ci(values, confidence=0.99)
-    narrow = bootstrap_ci(values, confidence=0.5)
+    wide = estimate(values, confidence=0.99)
+    narrow = estimate(values, confidence=0.5)
     assert wide.high - wide.low > 2 * (narrow.high - narrow.low)
 
 
-def test_bootstrap_ci_narrows_like_one_over_sqrt_n():
+def test_bootstrap_narrows_like_one_over_sqrt_n():
     rng = np.random.default_rng(2)
     widths = {}
     for n in (25, 100, 400):
-        est = bootstrap_ci((rng.random(n) < 0.5).astype(float), seed=3)
+        est = estimate(rng.normal(size=n), seed=3)
         widths[n] = est.high - est.low
     assert widths[25] > widths[100] > widths[400] > 0
     assert 0.15 <= widths[400] / widths[25] <= 0.35  # 1/sqrt(16) = 0.25
 
 
-def test_bootstrap_ci_deterministic_with_seed():
+def test_bootstrap_deterministic_with_seed():
     values = np.random.default_rng(4).random(60)
-    assert bootstrap_ci(values, seed=7) == bootstrap_ci(list(values), seed=7)
-    assert bootstrap_ci(values, seed=7) != bootstrap_ci(values, seed=8)
+    assert estimate(values, seed=7) == estimate(list(values), seed=7)
+    assert estimate(values, seed=7) != estimate(values, seed=8)
 
 
-class _RecordingGenerator:
-    """Wraps a numpy Generator and records the shape of every ``integers`` draw."""
-
-    def __init__(self, seed, shapes):
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._shapes = shapes
-
-    def integers(self, low, high, size):
-        self._shapes.append(size)
-        return self._rng.integers(low, high, size=size)
-
-
-def test_bootstrap_chunks_keep_index_matrix_small(monkeypatch):
+def test_bootstrap_batches_keep_resample_matrix_small(monkeypatch):
     values = np.random.default_rng(5).random(50)
-    reference = bootstrap_ci(values, n_resamples=2000, seed=0)
-    shapes: list[tuple[int, int]] = []
+    reference = estimate(values, n_resamples=2000, seed=0)
+    batches: list[int] = []
+    real = stats.sps.bootstrap
+
+    def recording(*args, **kwargs):
+        batches.append(kwargs["batch"])
+        return real(*args, **kwargs)
+
     monkeypatch.setattr(stats, "_MAX_BOOTSTRAP_ELEMENTS", 1000)
-    monkeypatch.setattr(stats.np.random, "default_rng", lambda s: _RecordingGenerator(s, shapes))
-    chunked = bootstrap_ci(values, n_resamples=2000, seed=0)
-    assert len(shapes) == 100 and all(rows * n <= 1000 for rows, n in shapes)
-    assert sum(rows for rows, _ in shapes) == 2000
-    # Same statistic from a different draw: bounds agree to Monte Carlo error.
-    assert chunked.value == reference.value
-    assert chunked.low == pytest.approx(reference.low, abs=0.02)
-    assert chunked.high == pytest.approx(reference.high, abs=0.02)
+    monkeypatch.setattr(stats.sps, "bootstrap", recording)
+    batched = estimate(values, n_resamples=2000, seed=0)
+    assert batches and all(b * len(values) <= 1000 for b in batches)
+    assert batched.value == reference.value
+    assert batched.low == pytest.approx(reference.low, abs=0.02)
+    assert batched.high == pytest.approx(reference.high, abs=0.02)
 
 
-def test_bootstrap_ci_edge_cases():
-    empty = bootstrap_ci([])
+def test_estimate_edge_cases():
+    empty = estimate([])
     assert empty.n == 0 and all(math.isnan(x) for x in (empty.value, empty.low, empty.high))
-    assert bootstrap_ci([0.7]) == Estimate(0.7, 0.7, 0.7, 1)
-    assert bootstrap_ci([2.0] * 10) == Estimate(2.0, 2.0, 2.0, 10)
+    one = estimate([0.7])  # no spread to estimate from: no interval, not a point
+    assert one.value == 0.7 and math.isnan(one.low) and one.method == "none"
+    assert estimate([1.0]).low == pytest.approx(0.025)  # one success: Clopper-Pearson
+    assert estimate([2.0] * 10) == Estimate(2.0, 2.0, 2.0, 10, "constant")
     with pytest.raises(ValueError, match="index 2"):
-        bootstrap_ci([1.0, 0.0, float("nan")])
+        estimate([1.0, 0.0, float("nan")])
     with pytest.raises(ValueError, match="missing"):
-        bootstrap_ci([1.0, None, 0.0])
+        estimate([1.0, None, 0.0])
     with pytest.raises(ValueError, match="1-D"):
-        bootstrap_ci([[1.0, 0.0]])
+        estimate([[1.0, 0.0]])
     with pytest.raises(ValueError, match="confidence"):
-        bootstrap_ci([1.0, 0.0], confidence=1.0)
+        estimate([1.0, 0.0], confidence=1.0)
     with pytest.raises(ValueError, match="n_resamples"):
-        bootstrap_ci([1.0, 0.0], n_resamples=0)
+        estimate([1.0, 0.0], n_resamples=0)
 
 
 def test_estimate_dict_round_trip_is_strict_json():
-    est = Estimate(0.5, 0.25, 0.75, 12)
-    assert est.to_dict() == {"value": 0.5, "low": 0.25, "high": 0.75, "n": 12}
+    est = Estimate(0.5, 0.25, 0.75, 12, "wilson")
+    assert est.to_dict() == {"value": 0.5, "low": 0.25, "high": 0.75, "n": 12, "method": "wilson"}
     assert Estimate.from_dict(json.loads(json.dumps(est.to_dict()))) == est
-    empty = bootstrap_ci([])
+    empty = estimate([])
     text = json.dumps(empty.to_dict(), allow_nan=False)
     back = Estimate.from_dict(json.loads(text))
     assert back.n == 0 and math.isnan(back.value) and math.isnan(back.high)
-    test = PairedTest(0.1, 0.05, 0.15, 0.002, 30)
+    # files written before the method was recorded still read
+    old = Estimate.from_dict({"value": 0.5, "low": 0.25, "high": 0.75, "n": 12})
+    assert old == Estimate(0.5, 0.25, 0.75, 12) and old.method is None
+    test = PairedTest(0.1, 0.05, 0.15, 0.002, 30, "permutation/bca")
     assert PairedTest.from_dict(json.loads(json.dumps(test.to_dict()))) == test
-    assert set(test.to_dict()) == {"diff", "low", "high", "p_value", "n"}
+    assert set(test.to_dict()) == {"diff", "low", "high", "p_value", "n", "method"}
+    assert (
+        PairedTest.from_dict({"diff": 0.1, "low": 0, "high": 0.2, "p_value": 0.5, "n": 3}).method
+        is None
+    )
 
 
-# --------------------------------------------------------------------------- paired_bootstrap
+# --------------------------------------------------------------------------- paired tests
 
 
 def _paired_scores(seed, n, shift):
@@ -128,44 +188,102 @@ def _paired_scores(seed, n, shift):
     return a, b
 
 
-def test_paired_bootstrap_detects_real_shift():
+def test_paired_test_detects_real_shift():
     a, b = _paired_scores(0, 100, 0.1)
-    test = paired_bootstrap(a, b)
+    test = paired_test(a, b)
     assert test.n == 100 and test.diff == pytest.approx(np.mean(b - a))
+    assert test.method == "permutation/bca"
     assert 0.0 < test.low < test.diff < test.high
     assert test.p_value < 0.01
     # Pairing removes the item variance: the unpaired CIs of the two runs overlap.
-    ca, cb = bootstrap_ci(a), bootstrap_ci(b)
+    ca, cb = estimate(a), estimate(b)
     assert ca.high > cb.low
     # A shift the other way gives a negative difference, just as significant.
-    reverse = paired_bootstrap(b, a)
+    reverse = paired_test(b, a)
     assert reverse.diff == pytest.approx(-test.diff)
     assert reverse.high < 0.0 and reverse.p_value < 0.01
 
 
-def test_paired_bootstrap_no_shift_is_calibrated():
+def test_permutation_p_value_is_uniform_under_the_null():
     p_values = []
     for seed in range(200):
         a, b = _paired_scores(seed, 40, 0.0)
-        p_values.append(paired_bootstrap(a, b, n_resamples=500, seed=seed).p_value)
+        p_values.append(paired_test(a, b, n_resamples=500, seed=seed).p_value)
     p_values = np.array(p_values)
     assert np.all((p_values > 0.0) & (p_values <= 1.0))
-    assert np.mean(p_values < 0.05) <= 0.10  # nominal 5% false positives
-    assert 0.3 <= np.median(p_values) <= 0.7  # roughly uniform under the null
+    for level in (0.05, 0.2, 0.5):  # P(p <= level) = level under the null
+        assert abs(np.mean(p_values <= level) - level) <= 0.07, level
 
 
-def test_paired_bootstrap_edge_cases():
-    empty = paired_bootstrap([], [])
+def test_permutation_test_is_exact_for_few_pairs():
+    # Five pairs, every difference positive: 2 of the 32 sign patterns are as extreme (all +,
+    # all -), so p = 2/32 exactly. A paired bootstrap put it near 0.001.
+    a = np.arange(5.0)
+    assert paired_test(a, a + [0.1, 0.3, 0.2, 0.5, 0.4]).p_value == pytest.approx(0.0625)
+    # Six mixed differences: p = share of all 64 sign patterns with |mean| >= the observed one.
+    d = np.array([0.9, -0.2, 0.4, 0.7, -0.1, 0.5])
+    observed = abs(d.mean())
+    patterns = itertools.product((1.0, -1.0), repeat=6)
+    extreme = sum(abs((d * np.array(s)).mean()) >= observed - 1e-12 for s in patterns)
+    assert paired_test(np.zeros(6), d).p_value == pytest.approx(extreme / 64)
+
+
+def test_mcnemar_p_value_is_the_binomial_test_of_discordant_pairs():
+    # 30 items: 12 pass in both runs, 10 fail in both, 1 passes only in A, 7 only in B.
+    a = [1.0] * 12 + [0.0] * 10 + [1.0] + [0.0] * 7
+    b = [1.0] * 12 + [0.0] * 10 + [0.0] + [1.0] * 7
+    test = paired_test(a, b)
+    assert test.method == "mcnemar-exact/newcombe" and test.n == 30
+    assert test.diff == pytest.approx(6 / 30)
+    expected = 2 * sum(math.comb(8, k) for k in (0, 1)) / 2**8  # = 0.0703125
+    assert test.p_value == pytest.approx(expected)
+    assert test.p_value == pytest.approx(sps.binomtest(7, 8, 0.5).pvalue)
+    assert mcnemar_exact(a, b) == test.p_value == mcnemar_exact(b, a)
+    assert mcnemar_exact([1.0, 0.0], [1.0, 0.0]) == 1.0  # no discordant pair
+
+
+def test_paired_interval_is_honest_at_the_edges():
+    zeros, ones = [0.0] * 20, [1.0] * 20
+    none = paired_test(zeros, zeros)  # e.g. an ASR of 0 before and after
+    assert none.diff == 0.0 and none.p_value == 1.0
+    assert none.low < -0.1 and none.high > 0.1  # not [0, 0]
+    gone = paired_test(ones, zeros)  # every attack worked before, none after
+    assert gone.diff == -1.0 and gone.low == -1.0 and -0.9 < gone.high < -0.5
+    assert gone.p_value == pytest.approx(2 / 2**20)
+    full = paired_test(ones, ones)
+    assert full.high - full.low > 0.2
+
+
+def test_paired_proportion_interval_covers_the_true_difference():
+    # Correlated pass/fail of two runs: P(A) = 0.10, P(B) = 0.05, n = 60.
+    cells = np.array([0.03, 0.07, 0.02, 0.88])  # (A, B) = (1,1), (1,0), (0,1), (0,0)
+    truth = (cells[0] + cells[2]) - (cells[0] + cells[1])
+    hits, trials, by_table = 0, 1000, {}  # the interval depends only on the 2x2 table
+    for seed in range(trials):
+        draw = np.random.default_rng(seed).choice(4, size=60, p=cells)
+        a, b = np.isin(draw, (0, 1)).astype(float), np.isin(draw, (0, 2)).astype(float)
+        table = tuple(np.bincount(draw, minlength=4))
+        test = by_table[table] = by_table.get(table) or paired_test(a, b, seed=seed)
+        hits += test.low <= truth <= test.high
+    assert hits / trials >= 0.93
+
+
+def test_paired_test_edge_cases():
+    empty = paired_test([], [])
     assert empty.n == 0 and math.isnan(empty.diff) and math.isnan(empty.p_value)
-    assert paired_bootstrap([0.0], [1.0]) == PairedTest(1.0, 1.0, 1.0, 1.0, 1)
-    same = paired_bootstrap([0.0, 1.0, 1.0], [0.0, 1.0, 1.0])
+    single = paired_test([0.0], [1.0])
+    assert single.diff == 1.0 and single.p_value == 1.0 and single.low < 1.0
+    one = paired_test([0.2], [0.7])  # one continuous pair: no interval, p = 1
+    assert one.p_value == 1.0 and math.isnan(one.low) and one.method == "permutation/none"
+    same = paired_test([0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
     assert same.diff == 0.0 and same.p_value == 1.0
     with pytest.raises(ValueError, match="length"):
-        paired_bootstrap([0.0, 1.0], [1.0])
+        paired_test([0.0, 1.0], [1.0])
     with pytest.raises(ValueError, match="b: value at index 1"):
-        paired_bootstrap([0.0, 1.0], [1.0, float("nan")])
+        paired_test([0.0, 1.0], [1.0, float("nan")])
     a, b = _paired_scores(3, 30, 0.5)
-    assert paired_bootstrap(a, b, seed=1) == paired_bootstrap(a, b, seed=1)
+    assert paired_test(a, b, seed=1) == paired_test(a, b, seed=1)
+    assert paired_bootstrap(a, b, seed=1) == paired_test(a, b, seed=1)  # the former name
 
 
 # --------------------------------------------------------------------------- length control

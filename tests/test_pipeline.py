@@ -273,3 +273,30 @@ def test_cost_pairs_order_by_safety_and_add_benign_anchors():
     assert len(anchors) == 2 and {a["chosen"] for a in anchors} == {"answer c", "refusal c"}
     assert all(a["prompt"] == "c" and a["rejected"] in {"bad a", "bad b"} for a in anchors)
     assert all(p["chosen_safe"] and p["rejected_safe"] is False for p in out)
+
+
+def test_headline_change_shows_intervals_and_n_at_a_rate_of_0():
+    """An ASR of 31/51 before and 0/51 after: the after figure keeps an upper bound above 0,
+    in the stage's change rows, the CLI table and the report (no demo run needed)."""
+    from rich.console import Console
+
+    from alignkit.commands.demo import change_table
+    from alignkit.pipeline.headline import paired
+    from alignkit.pipeline.report import loop_section
+
+    before = {f"prompt-{i}": float(i < 31) for i in range(51)}
+    after = dict.fromkeys(before, 0.0)
+    row = paired(before, after, higher=False)
+    low, high = row["after_ci"]
+    assert row["after"] == 0.0 and low == 0.0 and 0.05 < high < 0.1 and row["n"] == 51
+    assert row["before_ci"][0] < 31 / 51 < row["before_ci"][1]
+    assert row["method"] == "mcnemar-exact/newcombe" and row["p_value"] == pytest.approx(2**-30)
+    assert row["low"] < row["diff"] < row["high"] < 0
+    console = Console(width=200, record=True)
+    console.print(change_table({"redteam_asr": row}))
+    shown = f"0.000 [0.000, {high:.3f}]"
+    assert shown in console.export_text()
+    section = loop_section({"evaluate": {"outputs": {"change": {"redteam_asr": row}}}})
+    cells = section.tables[0].rows[0]
+    assert cells[2] == shown and cells[5] == "51"
+    assert "n" in section.tables[0].columns and "Clopper-Pearson" in section.notes[0]

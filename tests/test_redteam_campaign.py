@@ -227,3 +227,33 @@ def test_bad_campaign_inputs(tmp_path):
     (tmp_path / "junk.sqlite").write_text("not a database at all, sorry" * 100)
     with pytest.raises(DataError, match="not a campaign store"):
         CampaignStore(tmp_path / "junk.sqlite")
+
+
+def test_asr_of_12_of_12_has_an_honest_interval_in_the_report(tmp_path):
+    """Every one of 12 behaviours broken: ASR 1.000 with a lower bound near 0.74 (Clopper-
+    Pearson), not the [1.000, 1.000] a percentile bootstrap gave; every rate table shows n."""
+    from pathlib import Path
+
+    from alignkit.evaluation.redteam_section import redteam_section
+    from alignkit.evaluation.rundir import RunData
+    from alignkit.redteam.base import Attempt
+
+    store = CampaignStore(tmp_path / "c.sqlite")
+    store.add_round([
+        Attempt("templates", f"b{i}", 0, j, f"ask {i}.{j}", "sure", {"sure": float(j == 1)},
+                success=j == 1, category="cat")
+        for i in range(12) for j in range(2)
+    ])  # fmt: skip
+    results = RedTeamingEvaluator(store).to_dict()
+    asr = results["asr"]["templates"]
+    assert (asr["value"], asr["high"], asr["n"]) == (1.0, 1.0, 12)
+    assert asr["low"] == pytest.approx(0.74, abs=0.01) and asr["method"] == "clopper-pearson"
+    per_attempt = results["attempt_success"]["templates"]
+    assert per_attempt["n"] == 24 and per_attempt["low"] < 0.5 < per_attempt["high"]
+    section = redteam_section(RunData(Path(tmp_path), redteam=results))
+    tables = {t.title: t for t in section.tables}
+    rate = next(t for title, t in tables.items() if "rate" in title and "attempt" not in title)
+    assert rate.rows[0][1:] == ["1.000", f"{asr['low']:.3f}", "1.000", "12"]
+    by_judge = next(t for title, t in tables.items() if "each judge" in title)
+    assert by_judge.columns[-1] == "n" and by_judge.rows[0][-1] == "12"
+    assert any("Clopper-Pearson" in note for note in section.notes)

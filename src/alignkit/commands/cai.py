@@ -33,18 +33,19 @@ def _resumed(stats: dict, what: str) -> None:
 
 
 def change_table(table: dict, title: str) -> Table:
-    """Before / after / paired difference per headline dimension."""
+    """Before / after / paired difference per headline dimension, with 95% intervals and n."""
+    from alignkit.pipeline.headline import cell
+
     out = Table(title=title, title_justify="left")
-    for column in ("dimension", "before", "after", "after - before", "p"):
+    for column in ("dimension", "before [95% CI]", "after [95% CI]", "change [95% CI]", "p", "n"):
         out.add_column(column, justify="left" if column == "dimension" else "right")
-
-    def fmt(x, spec=".3f"):
-        return "" if x is None else format(x, spec)
-
     for name, row in table.items():
+        p = row.get("p_value")
         out.add_row(
-            name, fmt(row["before"]), fmt(row["after"]), fmt(row["diff"], "+.3f"),
-            fmt(row["p_value"]),
+            name, cell(row["before"], row.get("before_ci")),
+            cell(row["after"], row.get("after_ci")),
+            cell(row["diff"], [row.get("low"), row.get("high")], "+"),
+            "" if p is None else f"{p:.3f}", str(row.get("n") or ""),
         )  # fmt: skip
     return out
 

@@ -11,8 +11,11 @@ from alignkit.evaluation.config import EvalConfig
 
 
 def _ci(e: dict) -> str:
+    """``value [low, high]``; the value alone where there is no interval (one value)."""
     if e.get("value") is None:
         return "n/a"
+    if e.get("low") is None or e.get("high") is None:
+        return f"{e['value']:.3f}"
     return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
@@ -35,20 +38,23 @@ def metrics_table(result) -> Table:
 def preference_table(pref) -> Table:
     table = Table(title=f"{pref.model} vs {pref.baseline or pref.reference}", title_justify="left")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("value [95% CI]", justify="right")
+    table.add_column("n", justify="right")
     if pref.win is not None:
-        win = pref.win
-        table.add_row("win rate [95% CI]", _ci(win.win_rate.to_dict()))
-        table.add_row("length-controlled win rate", f"{win.lc_win_rate:.3f}")
-        table.add_row("wins / ties / losses", f"{win.wins} / {win.ties} / {win.losses}")
+        win, n = pref.win, str(pref.win.win_rate.n)
+        table.add_row("win rate", _ci(win.win_rate.to_dict()), n)
+        table.add_row("length-controlled win rate", f"{win.lc_win_rate:.3f}", n)
+        table.add_row("wins / ties / losses", f"{win.wins} / {win.ties} / {win.losses}", n)
         bias = win.position_bias
-        table.add_row("judge consistent across orders", f"{bias['consistent']:.1%}")
-        table.add_row("judge picks first position", f"{bias['first_position_rate']:.1%}")
+        table.add_row("judge consistent across orders", f"{bias['consistent']:.1%}", n)
+        table.add_row("judge picks first position", f"{bias['first_position_rate']:.1%}", n)
     if pref.implicit_reward:
-        table.add_row("implicit-reward accuracy", _ci(pref.implicit_reward["accuracy"]))
-        table.add_row("  without reference", _ci(pref.implicit_reward["accuracy_no_ref"]))
+        for label, key in (("implicit-reward accuracy", "accuracy"),
+                           ("  without reference", "accuracy_no_ref")):  # fmt: skip
+            figure = pref.implicit_reward[key]
+            table.add_row(label, _ci(figure), str(figure["n"]))
     if pref.kl is not None:
-        table.add_row("KL(policy || reference), nats", _ci(pref.kl.to_dict()))
+        table.add_row("KL(policy || reference), nats", _ci(pref.kl.to_dict()), str(pref.kl.n))
     return table
 
 
@@ -72,7 +78,7 @@ def register(app: typer.Typer) -> None:
             print_note(f"Pareto front: {', '.join(mo.front)}; hypervolume {mo.hypervolume:.4f}")
         if run.multiple_choice is not None:
             mc = run.multiple_choice
-            print_note(f"multiple choice MC1: {_ci(mc.mc1.to_dict())}")
+            print_note(f"multiple choice MC1: {_ci(mc.mc1.to_dict())} (n = {mc.mc1.n})")
         print_note(f"results in {run.output_dir}")
         for kind, path in run.report.items():
             print_note(f"report ({kind}): {path}")

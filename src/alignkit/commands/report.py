@@ -1,7 +1,7 @@
 """``alignkit report RUN_DIR [OTHER_RUN_DIR]``: HTML / Markdown / JSON reports of eval runs.
 
 With one run directory it writes ``report.{html,md,json}``; with two it compares the second
-run against the first (paired bootstrap per metric) and writes ``comparison.{html,md,json}``.
+run against the first (a paired test per metric) and writes ``comparison.{html,md,json}``.
 Files go into ``--output`` or, by default, the first run directory.
 """
 
@@ -34,6 +34,7 @@ def _comparison_table(generator: AlignmentReportGenerator) -> Table:
         table.add_column(column, justify="right", min_width=min(len(column), 7))
     for row in rows:
         cells = [escape(c) for c in row[:6]]
+        cells[0] += f"\nn = {escape(row[7])}"  # the items paired, under the metric's name
         cells[1:3] = [c.split(" [")[0] for c in cells[1:3]]  # CIs of each run: in the files
         cells[5] = "[green]yes[/]" if row[5] == "yes" else "no"
         table.add_row(*cells)
@@ -60,7 +61,10 @@ def _summary_table(generator: AlignmentReportGenerator) -> Table | None:
                     title_justify="left",
                 )
                 # long descriptions stay in the files; the terminal gets the numbers
-                keep = [i for i, c in enumerate(source.columns) if c != "dimension"]
+                keep = [
+                    i for i, c in enumerate(source.columns)
+                    if c not in ("dimension", "what it measures")
+                ]  # fmt: skip
                 _metric_column(table, source.rows, escape(source.columns[0]))
                 for i in keep[1:]:
                     table.add_column(escape(source.columns[i]), justify="right")

@@ -3,9 +3,11 @@ intervals, breakdowns per category, and every judge's agreement with ground trut
 
 The evaluator draws a suite of prompts, generates one response per prompt (through the call
 cache, so a rerun resumes where a crashed one stopped), scores the responses with each scorer,
-and reports every figure as a mean with a percentile-bootstrap confidence interval. When the
-ground-truth ``testbed`` scorer runs beside other scorers, each other scorer's agreement with
-it (and Cohen's kappa) is reported per dimension, so users see how far to trust a judge.
+and reports every figure as a mean with its ``n`` and a confidence interval (a score interval
+for pass/fail rates, BCa bootstrap otherwise; :func:`~alignkit.evaluation.stats.estimate`).
+When the ground-truth ``testbed`` scorer runs beside other scorers, each other scorer's
+agreement with it (and Cohen's kappa) is reported per dimension, so users see how far to trust
+a judge.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from alignkit.evaluation.cache import CachedBackend, CallCache
 from alignkit.evaluation.rundir import write_json, write_jsonl
 from alignkit.evaluation.scorers import DIMENSIONS, Scorer, build_scorer, definitions
-from alignkit.evaluation.stats import Estimate, bootstrap_ci
+from alignkit.evaluation.stats import Estimate, estimate
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
 
@@ -116,9 +118,9 @@ def summarise(
             if score is not None:
                 values[metric].append(score)
                 groups[metric][row.item.group].append(score)
-    metrics = {m: bootstrap_ci(v, seed=seed) for m, v in sorted(values.items())}
+    metrics = {m: estimate(v, seed=seed) for m, v in sorted(values.items())}
     breakdown = {
-        m: {g: bootstrap_ci(v, seed=seed) for g, v in sorted(by.items())}
+        m: {g: estimate(v, seed=seed) for g, v in sorted(by.items())}
         for m, by in sorted(groups.items())
     }
     return metrics, breakdown

@@ -5,8 +5,9 @@ it was trained from, on the same prompts, with a paired test of every change.
     change.table()   # {"harmless": {"before": 0.31, "after": 0.72, "diff": 0.41, "p_value": ...}}
 
 Both models answer the same suite items with the same generation settings and seed; each
-metric's per-item scores are paired by item id and ``mean(after - before)`` is tested with the
-paired bootstrap (:func:`alignkit.evaluation.compare.compare_runs`).
+metric's per-item scores are paired by item id and ``mean(after - before)`` is tested with a
+paired test (exact McNemar for pass/fail scores, sign-flip permutation otherwise;
+:func:`alignkit.evaluation.compare.compare_runs`).
 """
 
 from __future__ import annotations
@@ -36,22 +37,30 @@ class AlignmentChange:
     before: AlignmentResult | None = None
     comparison: Comparison | None = None
 
-    def table(self, scorer: str | None = None) -> dict[str, dict[str, float | None]]:
-        """Headline dimensions of one scorer (default: the first): before, after, diff, p."""
+    def table(self, scorer: str | None = None) -> dict[str, dict[str, Any]]:
+        """Headline dimensions of one scorer (default: the first): before and after with their
+        intervals (``before_ci``, ``after_ci``), the paired ``diff`` with its interval (``low``,
+        ``high``), ``p_value`` and the paired ``n``."""
         scorer = scorer or self.after.scorers[0]
         tests = {m.metric: m.test for m in self.comparison.metrics} if self.comparison else {}
-        rows: dict[str, dict[str, float | None]] = {}
+        rows: dict[str, dict[str, Any]] = {}
         for dimension in HEADLINE:
             metric = f"{scorer}/{dimension}"
             if metric not in self.after.metrics:
                 continue
             before = self.before.metrics.get(metric) if self.before else None
             test = tests.get(metric)
+            after = self.after.metrics[metric]
             rows[dimension] = {
                 "before": before.value if before else None,
-                "after": self.after.value(metric),
+                "after": after.value,
+                "before_ci": [before.low, before.high] if before else None,
+                "after_ci": [after.low, after.high],
                 "diff": test.diff if test else None,
+                "low": test.low if test else None,
+                "high": test.high if test else None,
                 "p_value": test.p_value if test else None,
+                "n": test.n if test else after.n,
             }
         return rows
 

@@ -1,10 +1,12 @@
-"""Side-by-side comparison of two evaluation runs with a paired bootstrap test per metric.
+"""Side-by-side comparison of two evaluation runs with a paired test per metric.
 
 Two runs of ``alignkit eval`` on the same suite score the same items (item ids are stable for
 a suite, ``n`` and seed). For every metric of ``eval.json`` present in both runs,
 :func:`compare_runs` pairs the per-item scores of ``eval_items.jsonl`` by item id (items where
 either score is null are left out) and tests ``mean(B - A)`` with
-:func:`alignkit.evaluation.stats.paired_bootstrap`.
+:func:`alignkit.evaluation.stats.paired_test`: the exact McNemar test and Newcombe's paired
+interval where both runs score pass/fail, a sign-flip permutation test and a BCa interval
+otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from alignkit.errors import DataError
 from alignkit.evaluation.rundir import RunData, as_float, load_run
-from alignkit.evaluation.stats import PairedTest, paired_bootstrap
+from alignkit.evaluation.stats import PairedTest, paired_test
 
 
 @dataclass
@@ -147,7 +149,7 @@ def compare_runs(
     rows = []
     for metric in names:
         xs, ys = _paired_scores(a, b, common_ids, metric)
-        test = paired_bootstrap(xs, ys, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        test = paired_test(xs, ys, confidence=confidence, n_resamples=n_resamples, seed=seed)
         rows.append(
             MetricComparison(
                 metric=metric,

@@ -17,8 +17,8 @@ choice being the assistant's reply to the prompt. Per question:
   over all of them: ``sum_true p / sum_all p`` with ``p = exp(total log-prob)``. Only
   questions with ``mc2_targets`` have it; ``mc2`` is null when none has.
 
-Each figure is the mean over questions with a percentile-bootstrap CI
-(:func:`alignkit.evaluation.stats.bootstrap_ci`).
+Each figure is the mean over questions with its CI (:func:`alignkit.evaluation.stats.estimate`:
+a score interval for MC1, which is a proportion, and a BCa bootstrap interval for MC2).
 
 ``mc.json`` (:meth:`MCResult.to_dict`)::
 
@@ -57,7 +57,7 @@ from alignkit.evaluation.multiple_choice_data import (
     parse_question,
 )
 from alignkit.evaluation.rundir import write_json, write_jsonl
-from alignkit.evaluation.stats import Estimate, bootstrap_ci
+from alignkit.evaluation.stats import Estimate, estimate
 from alignkit.models.base import ModelBackend, TokenLogprobs
 
 __all__ = [
@@ -192,7 +192,7 @@ class MCResult:
 
     def _estimates(self, items: list[MCItem]) -> dict[str, Any]:
         def ci(values: list[float]) -> Estimate:
-            return bootstrap_ci(values, self.confidence, self.n_resamples, self.seed)
+            return estimate(values, self.confidence, self.n_resamples, self.seed)
 
         mc2 = [it.mc2 for it in items if it.mc2 is not None]
         return {

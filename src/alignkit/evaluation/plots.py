@@ -60,7 +60,7 @@ def estimate_bars(
     highlight: Mapping[str, bool] | None = None,
     lower_is_better: bool = False,
 ) -> str | None:
-    """Horizontal bars of ``name -> Estimate dict`` with their CIs as error bars.
+    """Horizontal bars of ``name -> Estimate dict`` with their CIs as error bars and their n.
 
     ``highlight`` maps a name to False for lower-is-better figures (drawn orange and marked
     "(lower is better)"); the rest are blue. ``lower_is_better`` draws every bar orange.
@@ -71,6 +71,10 @@ def estimate_bars(
     values, errors = _error_bars([estimates[n] for n in names])
     lower = {n for n in names if highlight is not None and highlight.get(n) is False}
     labels = [f"{n} (lower is better)" if n in lower else n for n in names]
+    labels = [  # each bar's n beside its name
+        f"{label}, n={estimates[n]['n']}" if estimates[n].get("n") else label
+        for label, n in zip(labels, names, strict=True)
+    ]
     colours = [_ORANGE if n in lower or lower_is_better else _BLUE for n in names]
     figure = _new_figure(6.0, 0.9 + 0.38 * len(names))
     axes = figure.add_subplot()

@@ -27,7 +27,7 @@ from alignkit.evaluation.alignment import _backend, _open_cache, cached
 from alignkit.evaluation.cache import CallCache
 from alignkit.evaluation.judges import PairwiseJudge
 from alignkit.evaluation.rundir import write_json
-from alignkit.evaluation.stats import Estimate, bootstrap_ci, length_controlled_win_rate
+from alignkit.evaluation.stats import Estimate, estimate, length_controlled_win_rate
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
 
@@ -152,11 +152,11 @@ class PreferenceAlignmentEvaluator:
         verdicts = [v for v in order1 + order2 if v is not None]
         paired = [(v1, v2) for v1, v2 in zip(order1, order2, strict=True) if v1 and v2]
         by_question = {
-            q: bootstrap_ci([o for o, qq in zip(outcomes, questions, strict=True) if qq == q])
+            q: estimate([o for o, qq in zip(outcomes, questions, strict=True) if qq == q])
             for q in sorted(set(questions))
         }
         return WinRate(
-            win_rate=bootstrap_ci(outcomes, seed=self.seed),
+            win_rate=estimate(outcomes, seed=self.seed),
             lc_win_rate=length_controlled_win_rate(
                 outcomes, [len(a) - len(b) for a, b in zip(mine, theirs, strict=True)]
             ),
@@ -191,11 +191,15 @@ class PreferenceAlignmentEvaluator:
         rewards = [beta * (p - r) for p, r in zip(policy, ref, strict=True)]
         margins = [rewards[i] - rewards[n + i] for i in range(n)]
         return {
-            "accuracy": bootstrap_ci([float(m > 0) for m in margins], seed=self.seed).to_dict(),
-            "accuracy_no_ref": bootstrap_ci(
-                [float(policy[i] > policy[n + i]) for i in range(n)], seed=self.seed
+            "accuracy": estimate(
+                [float(m > 0) for m in margins], seed=self.seed, proportion=True
             ).to_dict(),
-            "margin": bootstrap_ci(margins, seed=self.seed).to_dict(),
+            "accuracy_no_ref": estimate(
+                [float(policy[i] > policy[n + i]) for i in range(n)],
+                seed=self.seed,
+                proportion=True,
+            ).to_dict(),
+            "margin": estimate(margins, seed=self.seed, proportion=False).to_dict(),
             "beta": beta,
             "n": n,
         }
@@ -207,7 +211,8 @@ class PreferenceAlignmentEvaluator:
         samples = [c.text for c in self.model.generate(list(prompts), config)]
         mine = self._logps(self.model, list(prompts), samples)
         ref = self._logps(reference, list(prompts), samples)
-        return bootstrap_ci([a - b for a, b in zip(mine, ref, strict=True)], seed=self.seed)
+        kl = [a - b for a, b in zip(mine, ref, strict=True)]
+        return estimate(kl, seed=self.seed, proportion=False)
 
     def run(
         self,

@@ -21,6 +21,7 @@ from alignkit.evaluation.sections import (
     _section,
     estimate_cells,
     fmt,
+    interval_note,
     with_ci,
 )
 
@@ -72,14 +73,24 @@ def _definitions_table(rt: dict[str, Any]) -> Table | None:
     return Table("Judges: what counts as a success", columns, rows, align_numbers=False)
 
 
+def _behaviours(by_judge: dict[str, dict], judges: list[str], attack: str) -> str:
+    """The n (behaviours) of ``attack``'s rates under ``judges``: one number when they agree,
+    else each judge's in column order."""
+    ns = [str((by_judge[j].get(attack) or {}).get("n", 0)) for j in judges]
+    return ns[0] if len(set(ns)) == 1 else " / ".join(ns)
+
+
 def _judges_tables(rt: dict[str, Any]) -> list[Table]:
     tables = []
     by_judge = rt.get("asr_by_judge") or {}
     if by_judge:
         judges = sorted(by_judge)
         attacks = sorted({a for per in by_judge.values() for a in per})
-        rows = [[a, *(with_ci(by_judge[j].get(a)) for j in judges)] for a in attacks]
-        columns = ["attack", *(f"{j} ({rate_name(rt, j)})" for j in judges)]
+        rows = [
+            [a, *(with_ci(by_judge[j].get(a)) for j in judges), _behaviours(by_judge, judges, a)]
+            for a in attacks
+        ]
+        columns = ["attack", *(f"{j} ({rate_name(rt, j)})" for j in judges), "n"]
         tables.append(Table("Success rate under each judge", columns, rows))
     agreement = rt.get("judge_agreement") or {}
     if agreement:
@@ -120,6 +131,9 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
         title,
         plots.estimate_bars(asr, f"{title} (lower is better)", xlabel=rate, lower_is_better=True),
     )
+    note = interval_note(list(asr.values()))
+    if note:
+        section.notes.append(note)
     per_attempt = rt.get("attempt_success") or {}
     if per_attempt:
         rows = [[name, *estimate_cells(e)] for name, e in per_attempt.items()]

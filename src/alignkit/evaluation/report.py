@@ -2,8 +2,8 @@
 
 ``AlignmentReportGenerator("runs/dpo").write()`` reads a run directory (see
 :mod:`alignkit.evaluation.rundir`) and writes ``report.html``, ``report.md`` and ``report.json``
-into it. With ``compare_to=OTHER_RUN`` it writes ``comparison.*`` instead: a paired bootstrap
-test per metric (:func:`alignkit.evaluation.compare.compare_runs`) followed by both runs.
+into it. With ``compare_to=OTHER_RUN`` it writes ``comparison.*`` instead: a paired test per
+metric (:func:`alignkit.evaluation.compare.compare_runs`) followed by both runs.
 
 The HTML embeds its figures as PNG ``data:`` URIs, carries its CSS inline, has no JavaScript,
 and sets a Content-Security-Policy that allows nothing but inline styles and ``data:`` images.

@@ -96,6 +96,25 @@ def with_ci(estimate: Mapping[str, Any] | None) -> str:
     return value if low == "n/a" else f"{value} [{low}, {high}]"
 
 
+INTERVALS = {
+    "clopper-pearson": "Clopper-Pearson exact interval (pass/fail rates over fewer than 30 items)",
+    "wilson": "Wilson score interval (pass/fail rates)",
+    "bca": "BCa bootstrap interval (other means)",
+    "percentile": "percentile bootstrap interval (means where BCa is undefined)",
+    "constant": "a point where every value is equal (nothing to resample)",
+}
+"""How each interval method of :mod:`alignkit.evaluation.stats` is described in reports."""
+
+
+def interval_note(estimates: Sequence[Any]) -> str | None:
+    """One sentence naming the interval methods the Estimate dicts ``estimates`` used."""
+    methods = {e.get("method") for e in estimates if isinstance(e, Mapping)}
+    said = [text for method, text in INTERVALS.items() if method in methods]
+    if not said:
+        return None  # files written before the method was recorded
+    return "Intervals: " + "; ".join(said) + ". n: the items each figure is a share or mean of."
+
+
 def prompt_text(prompt: Any) -> str:
     """A prompt as text (chat prompts as ``role: content`` lines)."""
     if isinstance(prompt, list):
@@ -161,6 +180,9 @@ def eval_section(run: RunData, prefix: str = "") -> Section | None:
         Table("Scores", ["metric", "what it measures", "better", *ESTIMATE_COLUMNS], rows)
     )
     section.attach("Scores per dimension", plots.dimension_bars(metrics, better))
+    note = interval_note(list(metrics.values()))
+    if note:
+        section.notes.append(note)
     for metric, categories in (ev.get("breakdown") or {}).items():
         estimates = {c: e for c, e in (categories or {}).items() if is_estimate(e)}
         table_rows = [[c, *estimate_cells(e)] for c, e in estimates.items()]
@@ -233,6 +255,9 @@ def preference_section(run: RunData, prefix: str = "") -> Section | None:
     if pref.get("kl"):
         rows.append(["KL(policy || reference)", *estimate_cells(pref["kl"])])
     section.tables.append(Table("Preference figures", ["figure", *ESTIMATE_COLUMNS], rows))
+    note = interval_note([pref.get("win_rate"), pref.get("kl"), *reward.values()])
+    if note:
+        section.notes.append(note)
     if pref.get("wins") is not None:
         counts = [[str(pref.get(k, 0)) for k in ("wins", "ties", "losses", "n")]]
         section.tables.append(Table("Outcomes", ["wins", "ties", "losses", "n"], counts))
@@ -315,6 +340,9 @@ def mc_section(run: RunData, prefix: str = "") -> Section | None:
     overall = {label: mc[key] for key, label in MC_FIGURES if is_estimate(mc.get(key))}
     rows = [[label, *estimate_cells(est)] for label, est in overall.items()]
     section.tables.append(Table("Overall", ["figure", *ESTIMATE_COLUMNS], rows))
+    note = interval_note(list(overall.values()))
+    if note:
+        section.notes.append(note)
     section.attach("Multiple choice", plots.estimate_bars(overall, "Multiple choice"))
     by_category = mc.get("by_category") or {}
     if by_category:
@@ -414,7 +442,9 @@ def comparison_section(comparison: Comparison) -> Section:
     section.notes.append(
         f"Run A: {comparison.run_a} (model {comparison.model_a}); run B: {comparison.run_b} "
         f"(model {comparison.model_b}); suite {comparison.suite}, {comparison.n_common_items} "
-        f"items in common. diff = B - A, paired bootstrap over items, "
+        f"items in common. diff = B - A, paired over items: pass/fail metrics by the exact "
+        f"McNemar test with Newcombe's (1998) paired score interval, others by a sign-flip "
+        f"permutation test with a BCa bootstrap interval (column test); "
         f"{round(100 * comparison.confidence)}% CI; significant: p < "
         f"{1 - comparison.confidence:.2g}."
     )
@@ -432,9 +462,12 @@ def comparison_section(comparison: Comparison) -> Section:
                 "yes" if m.significant else "no",
                 m.better or "-",
                 str(t.n),
+                t.method or "n/a",
             ]
         )
-    columns = ["metric", "run A", "run B", "diff [CI]", "p-value", "significant", "better", "n"]
+    columns = [
+        "metric", "run A", "run B", "diff [CI]", "p-value", "significant", "better", "n", "test",
+    ]  # fmt: skip
     section.tables.append(Table("Paired comparison", columns, rows))
     labels = [
         f"{model} ({path.name})"

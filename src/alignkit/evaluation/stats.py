@@ -1,29 +1,51 @@
 """Confidence intervals, paired significance tests and the length-controlled win rate.
 
-Every figure alignkit reports carries a percentile-bootstrap confidence interval of its mean
-(Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13). Two runs on the same items
-are compared with a paired bootstrap of the per-item differences (ibid., ch. 15-16). Pairwise win
-rates are also reported length-controlled, as AlpacaEval 2 does (Dubois et al., 2024,
-"Length-Controlled AlpacaEval: A Simple Way to Debias Automatic Evaluators", arXiv:2404.04475).
+Every figure alignkit reports carries its ``n`` and a confidence interval that stays honest at
+rates of 0 and 1; :func:`estimate` picks the interval from the data:
 
-Only numpy is used, so this module imports fast. Results are deterministic given ``seed``.
-Inputs with NaN raise :class:`ValueError`: callers drop missing values (``None``) first.
+- **Proportions** (every value 0 or 1) get a score interval that never collapses to a point:
+  Clopper-Pearson's exact interval for fewer than :data:`SMALL_N` trials, Wilson's score
+  interval from then on (Brown, Cai & DasGupta 2001, "Interval Estimation for a Binomial
+  Proportion", *Statistical Science* 16(2): Wilson's coverage dips below nominal for small
+  ``n``, Clopper-Pearson's never does). 12 successes in 12 give [0.735, 1].
+- **Continuous figures** get a BCa bootstrap interval of the mean (Efron 1987, "Better
+  Bootstrap Confidence Intervals", *JASA* 82(397); Efron & Tibshirani 1993, ch. 14), falling
+  back to the percentile interval where BCa is undefined (e.g. no jackknife spread).
+
+Two runs on the same items are compared by :func:`paired_test`: when both are binary, with the
+exact McNemar test (a two-sided binomial test on the discordant pairs; McNemar 1947) and
+Newcombe's hybrid score interval for the difference of paired proportions (Newcombe 1998,
+"Improved confidence intervals for the difference between binomial proportions based on paired
+data", *Statistics in Medicine* 17, method 10); otherwise with a sign-flip permutation test of
+the mean difference (exact over all ``2^n`` sign patterns when they number at most
+``n_resamples``) and a BCa interval of the per-item differences. Each result records the
+``method`` it used. Pairwise win rates are also reported length-controlled, as AlpacaEval 2
+does (Dubois et al., 2024, "Length-Controlled AlpacaEval: A Simple Way to Debias Automatic
+Evaluators", arXiv:2404.04475).
+
+scipy does the statistics. Results are deterministic given ``seed``. Inputs with NaN raise
+:class:`ValueError`: callers drop missing values (``None``) first.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
-# Largest resample-index matrix (rows x items) built at once; larger bootstraps go in chunks.
+SMALL_N = 30
+"""Proportions over fewer trials than this get the Clopper-Pearson interval, others Wilson's."""
+# Largest resample matrix (rows x items) scipy builds at once; larger bootstraps go in batches.
 _MAX_BOOTSTRAP_ELEMENTS = 1 << 21
 # L2 penalty of the length-controlled win-rate regression: keeps the fit finite when the model
 # wins (or loses) every comparison, and is negligible otherwise.
 _LC_L2 = 1e-2
+_SCIPY_PROPORTION = {"clopper-pearson": "exact", "wilson": "wilson"}
 
 
 def _json_float(x: float) -> float | None:
@@ -37,62 +59,73 @@ def _from_json_float(x: Any) -> float:
 
 @dataclass
 class Estimate:
-    """A figure with a bootstrap confidence interval: ``value`` (the mean) in ``[low, high]``."""
+    """A figure with its confidence interval: ``value`` (the mean) in ``[low, high]`` over ``n``
+    values; ``method`` names the interval (``"clopper-pearson"``, ``"wilson"``, ``"bca"``,
+    ``"percentile"``, ``"constant"``, ``"none"``; None when not recorded)."""
 
     value: float
     low: float
     high: float
     n: int
+    method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"value", "low", "high", "n"}``; NaN (no data) is written as ``None`` (JSON null)."""
+        """``{"value", "low", "high", "n", "method"}``; NaN (no data) is written as ``None``."""
         return {
             "value": _json_float(self.value),
             "low": _json_float(self.low),
             "high": _json_float(self.high),
             "n": int(self.n),
+            "method": self.method,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimate:
-        """Inverse of :meth:`to_dict` (``None`` reads back as NaN)."""
+        """Inverse of :meth:`to_dict` (``None`` reads back as NaN; files without ``method``,
+        written before it was recorded, read back with ``method=None``)."""
         return cls(
             value=_from_json_float(d["value"]),
             low=_from_json_float(d["low"]),
             high=_from_json_float(d["high"]),
             n=int(d["n"]),
+            method=d.get("method"),
         )
 
 
 @dataclass
 class PairedTest:
-    """Paired comparison of two runs: ``diff = mean(b - a)`` with its CI and two-sided p-value."""
+    """Paired comparison of two runs: ``diff = mean(b - a)`` with its CI and two-sided p-value;
+    ``method`` names the test and interval (``"mcnemar-exact/newcombe"``, ``"permutation/bca"``,
+    ...; None when not recorded)."""
 
     diff: float
     low: float
     high: float
     p_value: float
     n: int
+    method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"diff", "low", "high", "p_value", "n"}``; NaN is written as ``None``."""
+        """``{"diff", "low", "high", "p_value", "n", "method"}``; NaN is written as ``None``."""
         return {
             "diff": _json_float(self.diff),
             "low": _json_float(self.low),
             "high": _json_float(self.high),
             "p_value": _json_float(self.p_value),
             "n": int(self.n),
+            "method": self.method,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PairedTest:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (old files without ``method`` read back with None)."""
         return cls(
             diff=_from_json_float(d["diff"]),
             low=_from_json_float(d["low"]),
             high=_from_json_float(d["high"]),
             p_value=_from_json_float(d["p_value"]),
             n=int(d["n"]),
+            method=d.get("method"),
         )
 
 
@@ -120,27 +153,93 @@ def _check_settings(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be a positive integer, got {n_resamples}")
 
 
-def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of ``n_resamples`` bootstrap resamples (with replacement) of the 1-D array ``values``.
+def is_binary(values: np.ndarray) -> bool:
+    """Whether every value is 0 or 1 (an empty array is not binary)."""
+    return values.size > 0 and bool(np.all((values == 0.0) | (values == 1.0)))
 
-    Vectorised: each chunk draws a (rows x n) index matrix; chunks keep that matrix under
-    :data:`_MAX_BOOTSTRAP_ELEMENTS` entries so memory stays bounded for large ``n``.
+
+def proportion_ci(
+    successes: int, n: int, confidence: float = 0.95, method: str | None = None
+) -> Estimate:
+    """Score interval of a proportion: ``successes`` out of ``n`` trials.
+
+    ``method`` is ``"clopper-pearson"`` (exact; Clopper & Pearson 1934) or ``"wilson"`` (Wilson
+    1927); by default Clopper-Pearson below :data:`SMALL_N` trials and Wilson from then on (see
+    the module docstring). Neither collapses at 0 or ``n`` successes: 0/40 gives [0, 0.088],
+    2/2 gives [0.158, 1]. ``n == 0`` gives NaNs with ``method="none"``.
     """
-    n = len(values)
-    rng = np.random.default_rng(seed)
-    rows = max(1, _MAX_BOOTSTRAP_ELEMENTS // max(n, 1))
-    means = np.empty(n_resamples, dtype=float)
-    for start in range(0, n_resamples, rows):
-        stop = min(start + rows, n_resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = values[idx].mean(axis=1)
-    return means
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(successes) != successes or int(n) != n or not 0 <= successes <= n:
+        raise ValueError(f"need whole numbers 0 <= successes <= n, got {successes} of {n}")
+    successes, n = int(successes), int(n)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, "none")
+    method = method or ("clopper-pearson" if n < SMALL_N else "wilson")
+    if method not in _SCIPY_PROPORTION:
+        raise ValueError(f"method must be one of {sorted(_SCIPY_PROPORTION)}, got {method!r}")
+    ci = sps.binomtest(successes, n).proportion_ci(confidence, _SCIPY_PROPORTION[method])
+    return Estimate(successes / n, float(ci.low), float(ci.high), n, method)
 
 
-def _percentile_interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
+def _bootstrap_interval(
+    data: np.ndarray, confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float, str]:
+    """BCa bootstrap interval of the mean of ``data`` (percentile where BCa is undefined).
+
+    Constant data (no spread to resample) give the point itself, ``method="constant"``; fewer
+    than two values give NaNs (``"none"``). Batches keep scipy's resample and jackknife
+    matrices under :data:`_MAX_BOOTSTRAP_ELEMENTS` entries.
+    """
+    n = len(data)
+    if n < 2:
+        return math.nan, math.nan, "none"
+    if np.ptp(data) == 0.0:
+        return float(data[0]), float(data[0]), "constant"
+    batch = max(1, _MAX_BOOTSTRAP_ELEMENTS // n)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns, then returns NaN, where BCa fails
+            result = sps.bootstrap(
+                (data,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                method=method, batch=batch, rng=np.random.default_rng(seed),
+            )  # fmt: skip
+        low, high = result.confidence_interval
+        if math.isfinite(low) and math.isfinite(high):
+            return float(low), float(high), method.lower()
+    return math.nan, math.nan, "none"
+
+
+def estimate(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    proportion: bool | None = None,
+) -> Estimate:
+    """The mean of ``values`` with its confidence interval, the method chosen from the data.
+
+    A proportion (``proportion=True``, or by default when every value is 0 or 1):
+    :func:`proportion_ci` of the count (a score interval, never [1, 1]). Otherwise (pass
+    ``proportion=False`` for a continuous figure such as a KL or a margin, whose values may all
+    happen to be 0): a BCa bootstrap interval of the mean from ``n_resamples`` resamples
+    (seeded), falling back to the percentile interval where BCa is undefined; constant values
+    give the point itself, one value gives NaN bounds. No values gives
+    ``Estimate(nan, nan, nan, 0)``. NaN in ``values`` raises ``ValueError``, and so does
+    ``proportion=True`` with a value other than 0 or 1.
+    """
+    _check_settings(confidence, n_resamples)
+    arr = _as_vector(values, "values")
+    n = len(arr)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, "none")
+    binary = is_binary(arr)
+    if proportion and not binary:
+        raise ValueError("values: a proportion needs every value to be 0 or 1")
+    if binary and proportion is not False:
+        return proportion_ci(int(arr.sum()), n, confidence)
+    low, high, method = _bootstrap_interval(arr, confidence, int(n_resamples), seed)
+    return Estimate(float(arr.mean()), low, high, n, method)
 
 
 def bootstrap_ci(
@@ -149,23 +248,122 @@ def bootstrap_ci(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Estimate:
-    """Percentile-bootstrap confidence interval of the mean of ``values``.
+    """Former name of :func:`estimate`, kept for existing callers.
 
-    The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
-    means of ``n_resamples`` resamples drawn with replacement (Efron & Tibshirani 1993, ch. 13).
-    No values gives ``Estimate(nan, nan, nan, 0)``; one value gives ``low == high == value``.
-    NaN in ``values`` raises ``ValueError``.
+    It used to give every figure a percentile-bootstrap interval, which collapses to [0, 0] or
+    [1, 1] at rates of 0 and 1; it now returns exactly what :func:`estimate` does (a score
+    interval for proportions, BCa for continuous values).
+    """
+    return estimate(values, confidence, n_resamples, seed)
+
+
+def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the exact McNemar test (McNemar 1947) of paired binary outcomes.
+
+    Under the null of equal marginal rates, the discordant pairs split evenly: the p-value is
+    the two-sided binomial test of the ``(a=0, b=1)`` count among all discordant pairs at 1/2.
+    No discordant pair gives 1.
+    """
+    xa, xb = _as_vector(a, "a"), _as_vector(b, "b")
+    gains = int(np.count_nonzero((xa == 0.0) & (xb == 1.0)))
+    losses = int(np.count_nonzero((xa == 1.0) & (xb == 0.0)))
+    if gains + losses == 0:
+        return 1.0
+    return float(sps.binomtest(gains, gains + losses, 0.5).pvalue)
+
+
+def newcombe_paired_ci(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for ``mean(b) - mean(a)`` of paired binary outcomes.
+
+    Newcombe (1998), *Statistics in Medicine* 17:2635-2650, method 10 (the "square-and-add"
+    interval of Fagerland, Lydersen & Laake 2014, *Statistics in Medicine* 33): with Wilson
+    intervals ``[l1, u1]`` of ``p1 = mean(b)`` and ``[l2, u2]`` of ``p2 = mean(a)``,
+    ``low = d - sqrt((p1-l1)^2 - 2 phi (p1-l1)(u2-p2) + (u2-p2)^2)`` and
+    ``high = d + sqrt((u1-p1)^2 - 2 phi (u1-p1)(p2-l2) + (p2-l2)^2)``, where ``phi`` is the
+    correlation of the 2x2 table with ``A = n11 n00 - n10 n01`` shrunk as Newcombe does
+    (``A - n/2`` when ``A > n/2``, 0 when ``0 <= A <= n/2``; ``phi = 0`` when a margin is
+    empty). Like the Wilson intervals it is built from, it never has zero width, even when both
+    runs are all 0 or all 1.
+    """
+    xa, xb = _as_vector(a, "a"), _as_vector(b, "b")
+    n = len(xa)
+    k1, k2 = int(xb.sum()), int(xa.sum())
+    p1, p2 = k1 / n, k2 / n
+    w1 = proportion_ci(k1, n, confidence, "wilson")
+    w2 = proportion_ci(k2, n, confidence, "wilson")
+    both = int(np.count_nonzero((xa == 1.0) & (xb == 1.0)))
+    only_b, only_a = k1 - both, k2 - both
+    neither = n - both - only_a - only_b
+    margins = float(k1) * (n - k1) * k2 * (n - k2)
+    cross = both * neither - only_b * only_a
+    shrunk = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+    phi = shrunk / math.sqrt(margins) if margins > 0 else 0.0
+    d1, e1 = p1 - w1.low, w1.high - p1
+    d2, e2 = p2 - w2.low, w2.high - p2
+    delta = math.sqrt(max(d1 * d1 - 2.0 * phi * d1 * e2 + e2 * e2, 0.0))
+    epsilon = math.sqrt(max(e1 * e1 - 2.0 * phi * e1 * d2 + d2 * d2, 0.0))
+    diff = p1 - p2
+    return max(-1.0, diff - delta), min(1.0, diff + epsilon)
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(y - x, axis=axis)
+
+
+def permutation_p_value(
+    a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, seed: int = 0
+) -> float:
+    """Two-sided sign-flip permutation test of ``mean(b - a) = 0`` for paired values.
+
+    Under the null each pair's two values are exchangeable, so the sign of each difference is
+    flipped at random (``scipy.stats.permutation_test``, ``permutation_type="samples"``). The
+    test is exact, over all ``2^n`` sign patterns, when they number at most ``n_resamples``;
+    otherwise ``n_resamples`` random patterns (seeded) give a p-value that counts the observed
+    one, so it is never 0. One pair gives 1 (its two sign patterns are equally extreme).
+    """
+    xa, xb = _as_vector(a, "a"), _as_vector(b, "b")
+    if len(xa) < 2:
+        return 1.0
+    result = sps.permutation_test(
+        (xa, xb), _mean_difference, permutation_type="samples", vectorized=True,
+        n_resamples=int(n_resamples), alternative="two-sided", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return min(1.0, float(result.pvalue))
+
+
+def paired_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> PairedTest:
+    """Paired comparison of ``mean(b - a)`` for two runs scored on the same items.
+
+    Both runs binary: the exact McNemar test (:func:`mcnemar_exact`) and Newcombe's hybrid score
+    interval (:func:`newcombe_paired_ci`), ``method="mcnemar-exact/newcombe"``. Otherwise: the
+    sign-flip permutation test (:func:`permutation_p_value`) and a BCa bootstrap interval of the
+    per-item differences, ``method="permutation/bca"`` (``/percentile``, ``/constant`` or
+    ``/none`` where BCa is undefined, see :func:`estimate`). Pairing removes the item-difficulty
+    variance a two-sample test would carry. ``n == 0`` gives NaNs.
     """
     _check_settings(confidence, n_resamples)
-    arr = _as_vector(values, "values")
-    n = len(arr)
+    xa, xb = _as_vector(a, "a"), _as_vector(b, "b")
+    if len(xa) != len(xb):
+        raise ValueError(f"paired samples differ in length: {len(xa)} vs {len(xb)}")
+    n = len(xa)
     if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    value = float(arr.mean())
-    if n == 1:
-        return Estimate(value, value, value, 1)
-    low, high = _percentile_interval(_bootstrap_means(arr, int(n_resamples), seed), confidence)
-    return Estimate(value, low, high, n)
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, "none")
+    d = xb - xa
+    diff = float(d.mean())
+    if is_binary(xa) and is_binary(xb):
+        low, high = newcombe_paired_ci(xa, xb, confidence)
+        return PairedTest(diff, low, high, mcnemar_exact(xa, xb), n, "mcnemar-exact/newcombe")
+    p_value = permutation_p_value(xa, xb, n_resamples, seed)
+    low, high, method = _bootstrap_interval(d, confidence, int(n_resamples), seed)
+    return PairedTest(diff, low, high, p_value, n, f"permutation/{method}")
 
 
 def paired_bootstrap(
@@ -175,35 +373,12 @@ def paired_bootstrap(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> PairedTest:
-    """Paired bootstrap test of ``mean(b - a)`` for two runs scored on the same items.
+    """Former name of :func:`paired_test`, kept for existing callers.
 
-    Items are resampled jointly (the per-item differences are bootstrapped), which removes the
-    item-difficulty variance a two-sample test would carry. The two-sided p-value is twice the
-    add-one-smoothed fraction of resampled mean differences on the other side of zero from the
-    observed one (Efron & Tibshirani 1993, ch. 15-16), clipped to 1. ``n == 0`` gives NaNs; with
-    ``n == 1`` (no variance information) or a zero observed difference, ``p_value`` is 1.
+    It used to take its p-value from a paired percentile bootstrap (inverting an interval, not a
+    test under the null); it now returns exactly what :func:`paired_test` does.
     """
-    _check_settings(confidence, n_resamples)
-    xa, xb = _as_vector(a, "a"), _as_vector(b, "b")
-    if len(xa) != len(xb):
-        raise ValueError(f"paired samples differ in length: {len(xa)} vs {len(xb)}")
-    n = len(xa)
-    if n == 0:
-        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0)
-    d = xb - xa
-    diff = float(d.mean())
-    if n == 1:
-        return PairedTest(diff, diff, diff, 1.0, 1)
-    means = _bootstrap_means(d, int(n_resamples), seed)
-    low, high = _percentile_interval(means, confidence)
-    if diff > 0:
-        other_side = int(np.count_nonzero(means <= 0.0))
-    elif diff < 0:
-        other_side = int(np.count_nonzero(means >= 0.0))
-    else:
-        return PairedTest(diff, low, high, 1.0, n)
-    p_value = min(1.0, 2.0 * (other_side + 1) / (len(means) + 1))
-    return PairedTest(diff, low, high, p_value, n)
+    return paired_test(a, b, confidence, n_resamples, seed)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

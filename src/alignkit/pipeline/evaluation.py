@@ -118,6 +118,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
             )  # fmt: skip
     if kl is not None:
         change["kl"] = {"before": 0.0, "after": kl["value"], "low": kl["low"],
-                        "high": kl["high"], "higher_is_better": False}  # fmt: skip
+                        "high": kl["high"], "after_ci": [kl["low"], kl["high"]], "n": kl["n"],
+                        "method": kl.get("method"), "higher_is_better": False}  # fmt: skip
     write_json(out / "change.json", change)
     return {"run_dir": str(out), "headline": figures, "replay": replay, "change": change}

@@ -11,10 +11,15 @@ evaluation's first scorer: ground truth on the testbed):
 - red-team ASR: the red-team templates replayed on held-out behaviours, share of attack
   prompts judged successful (per attempt; paired by prompt);
 - KL: KL(trained || base) in nats per completion (0 for the base model itself).
+
+Every figure carries its n and a confidence interval that holds at 0 and 1 (a score interval for
+these shares, :func:`~alignkit.evaluation.stats.estimate`), and each change its paired test
+(:func:`~alignkit.evaluation.stats.paired_test`: exact McNemar test and Newcombe's interval).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +59,10 @@ def headline(result: Any, kl: float | None = None) -> dict[str, Any]:
     """The headline figures of an :class:`~alignkit.evaluation.alignment.AlignmentResult`."""
     rows = [row.to_dict() for row in result.items]
     scores = item_scores(rows, result.scorers[0])
+    from alignkit.evaluation.stats import estimate
+
     figures: dict[str, Any] = {
-        name: {"value": sum(v.values()) / len(v), "n": len(v)} if v else None
-        for name, v in scores.items()
+        name: estimate(list(v.values())).to_dict() if v else None for name, v in scores.items()
     }
     figures["kl"] = {"value": kl, "n": None} if kl is not None else None
     return {"scorer": result.scorers[0], "figures": figures}
@@ -65,16 +71,21 @@ def headline(result: Any, kl: float | None = None) -> dict[str, Any]:
 def paired(
     before: dict[Any, float], after: dict[Any, float], higher: bool, seed: int = 0
 ) -> dict[str, Any] | None:
-    """One figure before and after over the keys both have, with the paired bootstrap test of
-    ``mean(after - before)``; None when they share no key."""
-    from alignkit.evaluation.stats import paired_bootstrap
+    """One figure before and after over the keys both have, each with its confidence interval
+    (``before_ci``, ``after_ci``), and the paired test of ``mean(after - before)`` (``diff``,
+    ``low``, ``high``, ``p_value``, ``n``, ``method``); None when they share no key."""
+    from alignkit.evaluation.stats import estimate, paired_test
 
     keys = sorted(set(before) & set(after))
     if not keys:
         return None
     a, b = [float(before[k]) for k in keys], [float(after[k]) for k in keys]
-    test = paired_bootstrap(a, b, seed=seed).to_dict()
-    return {"before": sum(a) / len(a), "after": sum(b) / len(b), "higher_is_better": higher, **test}
+    ends = [estimate(x, seed=seed) for x in (a, b)]
+    return {
+        "before": ends[0].value, "after": ends[1].value,
+        "before_ci": [ends[0].low, ends[0].high], "after_ci": [ends[1].low, ends[1].high],
+        "higher_is_better": higher, **paired_test(a, b, seed=seed).to_dict(),
+    }  # fmt: skip
 
 
 def compare(before_dir: str | Path, after_dir: str | Path, scorer: str, seed: int = 0) -> dict:
@@ -94,6 +105,21 @@ def compare_replay(before: list[dict], after: list[dict], seed: int = 0) -> dict
     """The template replay's per-attempt success before and after, paired by attack prompt."""
     by_prompt = [{r["prompt"]: r["success"] for r in rows} for rows in (before, after)]
     return paired(*by_prompt, higher=False, seed=seed)
+
+
+def cell(value: float | None, ci: Any = None, sign: str = "") -> str:
+    """``value [low, high]`` with 3 decimals (``sign="+"`` signs the value); just the value where
+    ``ci`` is missing or not finite, and ``n/a`` without a value."""
+
+    def number(x: Any, spec: str = ".3f") -> str | None:
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        return format(x, spec) if ok else None
+
+    text = number(value, f"{sign}.3f")
+    if text is None:
+        return "n/a"
+    low, high = (number(x) for x in (ci or [None, None]))
+    return text if low is None or high is None else f"{text} [{low}, {high}]"
 
 
 def cut(row: dict[str, Any]) -> float | None:

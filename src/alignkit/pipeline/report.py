@@ -18,7 +18,7 @@ from alignkit.evaluation.rundir import load_run
 from alignkit.evaluation.sections import Example, Section, Table, fmt
 from alignkit.pipeline.config import STAGES
 from alignkit.pipeline.context import StageContext, brief
-from alignkit.pipeline.headline import LABELS, cut
+from alignkit.pipeline.headline import LABELS, cell, cut
 
 MAX_REVISIONS = 6
 
@@ -42,24 +42,28 @@ def loop_section(stages: dict[str, dict[str, Any]]) -> Section | None:
     rows, bars = [], []
     for name, row in change.items():
         drop = cut(row)
-        ci = (
-            f"[{fmt(row.get('low'))}, {fmt(row.get('high'))}]" if row.get("low") is not None else ""
-        )
+        diff = row.get("diff", row["after"] - row["before"])
         rows.append([
-            LABELS.get(name, name), fmt(row["before"]), fmt(row["after"]),
-            fmt(row.get("diff", row["after"] - row["before"])), ci, fmt(row.get("p_value")),
-            "" if drop is None else f"{100 * drop:.0f}%",
+            LABELS.get(name, name), cell(row["before"], row.get("before_ci")),
+            cell(row["after"], row.get("after_ci")),
+            cell(diff, [row.get("low"), row.get("high")], "+"), fmt(row.get("p_value")),
+            str(row.get("n") or "n/a"), "" if drop is None else f"{100 * drop:.0f}%",
         ])  # fmt: skip
         if name != "kl":
-            bars.append({"metric": LABELS.get(name, name), "a": {"value": row["before"]},
-                         "b": {"value": row["after"]}})  # fmt: skip
-    columns = ["figure", "before", "after", "diff", "95% CI", "p", "cut by"]
+            a, b = ({"value": row[k], **dict(zip(("low", "high"), row.get(f"{k}_ci") or [],
+                                                  strict=False))}
+                    for k in ("before", "after"))  # fmt: skip
+            bars.append({"metric": LABELS.get(name, name), "a": a, "b": b})
+    columns = ["figure", "before [95% CI]", "after [95% CI]", "diff [95% CI]", "p", "n", "cut by"]
     section.tables.append(Table("Headline figures", columns, rows))
     section.attach("Before and after", plots.comparison_bars(bars, "base model", "trained"))
     section.notes.append(
         "Rates are shares of held-out items of one kind (harmful requests, jailbreak-wrapped "
         "requests, benign and unanswerable questions), scored by the evaluation's first scorer; "
-        "diff, CI and p come from a paired bootstrap over the same items."
+        "n is the number of items (or attack prompts) both runs answered. Intervals of the "
+        "rates are score intervals (Clopper-Pearson below 30 items, Wilson from 30), whose "
+        "upper end stays above 0 at a rate of 0; diff, its interval and p pair the same "
+        "items (exact McNemar test, Newcombe's 1998 paired score interval; KL: BCa bootstrap)."
     )
     return section
 
