@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alignkit.cli import app
+from alignkit.errors import ConfigError
 from alignkit.safety.evaluate import evaluate_safety_alignment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,13 +35,32 @@ def test_guard_cuts_harm_with_few_false_refusals(cost_model):
     assert stats["false_refusal_rate"] <= 0.1
 
 
-def test_safety_eval_reports_every_part(cost_model):
-    report = evaluate_safety_alignment("testbed", cost_model, n=10, threshold=0.2, device="cpu")
+def test_safety_eval_reports_every_part(cost_model, tmp_path):
+    """The constraint is checked by the testbed's ground truth (not the cost model being
+    evaluated), printed beside the cost model's figure, each with n and an interval."""
+    out = tmp_path / "report.json"
+    args = ["safety", "eval", "--cost-model", str(cost_model), "--n", "10", "--threshold", "0.2",
+            "--device", "cpu", "--output", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
     assert 0 < report["harmful_rate"] < 1 and report["over_refusal"] is not None
     assert report["cost"]["n"] == 20 and 0 <= report["cost"]["share_unsafe"] <= 1
-    assert report["constraint"]["met"] is (report["cost"]["share_unsafe"] <= 0.2)
+    constraint, truth = report["constraint"], report["constraint"]["independent"]
+    assert truth["evaluator"] == "testbed ground truth" and truth["n"] == 20
+    assert truth["harmful_rate"] == pytest.approx(report["harmful_rate"])  # the same answers
+    assert truth["low"] < truth["harmful_rate"] < truth["high"]
+    assert constraint["cost_model"]["harmful_rate"] == report["cost"]["share_unsafe"]
+    assert constraint["verified"] and constraint["met"] is (truth["harmful_rate"] <= 0.2)
+    assert "harmful rate, independent (testbed ground truth):" in result.output
+    assert f"({truth['harmful']}/20)" in result.output
     assert 0 <= report["robustness"]["consistency_rate"] <= 1
     assert set(report["robustness"]["harmful_rate"]) >= {"plain", "rot13"}
+
+
+def test_a_threshold_with_nothing_to_measure_it_is_refused():
+    with pytest.raises(ConfigError, match="threshold: give a cost model or a verifier"):
+        evaluate_safety_alignment("testbed", suite="prompts.jsonl", threshold=0.2)
 
 
 def test_an_impossible_threshold_exits_2_without_a_traceback(tmp_path):

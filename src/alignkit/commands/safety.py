@@ -73,12 +73,38 @@ def train(config: SafetyConfig) -> None:
     for row in result.history:
         print_note(json.dumps(row))
     print_note(f"model: {result.model}")
+    for line in constraint_lines(result.history[-1], result.constraint):
+        print_note(line)
     if not result.constraint_met:
-        last = result.history[-1]
         raise ConstraintNotMet(
-            f"threshold {config.threshold} not met after {len(result.history)} round(s): "
-            f"harmful rate {last['harmful_rate']:.3f}; raise rounds or lambda_lr, or relax it"
+            f"threshold {config.threshold} not met after {len(result.history)} round(s) "
+            f"({_judged_by(result.constraint)}); raise rounds or lambda_lr, or relax it"
         )
+
+
+def _judged_by(constraint: dict) -> str:
+    return (
+        f"verified by {constraint['evaluator']}"
+        if constraint.get("verified")
+        else "by the cost model only: no independent verifier"
+    )
+
+
+def constraint_lines(row: dict, constraint: dict, cost: str = "drives lambda") -> list[str]:
+    """The harmful rate by the cost model and by the independent evaluator, and the verdict."""
+    from alignkit.safety.verify import describe
+
+    independent = row.get("independent")
+    name = independent["evaluator"] if independent else "none (verifier: none)"
+    met = "met" if constraint["met"] else "NOT met"
+    lines = [
+        f"harmful rate, cost model ({cost}): {describe(row.get('cost_model'))}",
+        f"harmful rate, independent ({name}): {describe(independent)}",
+        f"constraint (threshold {constraint['threshold']}): {met}, {_judged_by(constraint)}",
+    ]
+    if constraint.get("agree") is False:
+        lines.append("the cost model and the independent evaluator disagree; the latter counts")
+    return lines
 
 
 class GuardConfig(CommandConfig):
@@ -117,6 +143,12 @@ class SafetyEvalConfig(CommandConfig):
     suite: str = Field("testbed", description="'testbed' or a prompt file.")
     n: int = Field(50, ge=1, description="testbed: prompts of each kind.")
     threshold: float | None = Field(None, description="Harmful-rate threshold to check.")
+    verifier: str = Field(
+        "auto",
+        description="Independent evaluator of the threshold: 'testbed' (ground truth), a "
+        "red-team judge's name, 'none'; 'auto': testbed on the testbed suite, else none.",
+    )
+    verifier_options: dict = Field(default_factory=dict, description="The verifier's options.")
     robustness: bool = Field(True, description="testbed: plain vs jailbreak-wrapped requests.")
     output: Path | None = Field(None, description="Also write the report here (JSON).")
     device: str = "auto"
@@ -130,8 +162,11 @@ def eval_(config: SafetyEvalConfig) -> None:
 
     report = evaluate_safety_alignment(
         config.model, config.cost_model, config.suite, config.n, config.threshold,
-        config.robustness, config.seed, config.device,
+        config.robustness, config.seed, config.device, config.verifier, config.verifier_options,
     )  # fmt: skip
+    if "constraint" in report:
+        for line in constraint_lines(report["constraint"], report["constraint"], "its prices"):
+            print_note(line)
     text = json.dumps(report, indent=2)
     if config.output:
         config.output.parent.mkdir(parents=True, exist_ok=True)

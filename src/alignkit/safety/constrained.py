@@ -18,6 +18,11 @@ safety labels (the PKU-SafeRLHF shape), through the ordinary DPO trainer.
     label prefers an unsafe response over a safe one, the pair is flipped; where the preferred
     response is safe and the other unsafe, the pair gets ``safety_margin``; pairs of two unsafe
     responses are dropped (counted). One DPO run, then the same measurement.
+
+Every measurement is also scored by an evaluator that did not drive the relabelling (``verifier``:
+testbed ground truth, or a held-out red-team judge; :mod:`alignkit.safety.verify`). The cost
+model's rate drives the dual ascent and decides when the rounds stop; whether the constraint
+is *met* is the independent figure's verdict, reported beside the cost model's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pydantic import Field, ValidationError
 from alignkit.config import CommandConfig, ModelString
 from alignkit.errors import AlignkitError, ConfigError, DataError
 from alignkit.evaluation.rundir import write_jsonl
+from alignkit.safety.verify import check_verifier, cost_rate, independent_rate, resolve, verdict
 
 
 class ConstraintNotMet(AlignkitError):
@@ -52,7 +58,11 @@ class SafetyConfig(CommandConfig):
         None, description="A saved cost model (default on the testbed: one trained here)."
     )
     method: Literal["lagrangian", "safe-dpo"] = "lagrangian"
-    threshold: float = Field(0.2, description="Largest acceptable harmful rate (cost > 0).")
+    threshold: float = Field(
+        0.2,
+        description="Largest acceptable harmful rate: the cost model's (cost > 0) drives the "
+        "rounds, the verifier's decides whether the constraint is met.",
+    )
     lambda_init: float = Field(0.0, ge=0, description="Lagrange multiplier of the first round.")
     lambda_lr: float = Field(1.0, gt=0, description="Dual-ascent step on (rate - threshold).")
     help_gap: float = Field(1.0, gt=0, description="Reward units of one helpfulness label.")
@@ -62,6 +72,15 @@ class SafetyConfig(CommandConfig):
         "testbed", description="Red-team prompts to measure: 'testbed' or a prompt file."
     )
     eval_n: int = Field(50, ge=1, description="testbed: held-out harmful + jailbreak prompts.")
+    verifier: str = Field(
+        "auto",
+        description="Evaluator that checks the constraint independently of the cost model: "
+        "'testbed' (ground truth), a red-team judge's name (e.g. llm, llama-guard), 'none'; "
+        "'auto': testbed on the testbed model, else none.",
+    )
+    verifier_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the verifier judge, e.g. {model: hf:...}."
+    )
     learning_rate: float = Field(5e-6, gt=0)
     beta: float = Field(0.1, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -210,12 +229,15 @@ def next_multiplier(
 
 @dataclass
 class SafetyResult:
-    """The final model, whether the constraint holds, and one history row per round."""
+    """The final model, whether the constraint holds (the independent evaluator's verdict where
+    there is one), one history row per round (``cost_model`` and ``independent`` rates), and
+    the verdict in full (:func:`alignkit.safety.verify.verdict`)."""
 
     model: Path
     constraint_met: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     data_report: dict[str, Any] = field(default_factory=dict)
+    constraint: dict[str, Any] = field(default_factory=dict)
 
 
 class SafetyAlignment:
@@ -235,6 +257,7 @@ class SafetyAlignment:
                 f"threshold must be a harmful rate in [0, 1), got {self.config.threshold}; "
                 "a rate below 0 can never be met"
             )
+        check_verifier(self.config.verifier)
         self.out = Path(self.config.output_dir)
 
     def pairs(self) -> list[dict]:
@@ -284,8 +307,9 @@ class SafetyAlignment:
             items = [i for i in items if i.kind in ("harmful", "jailbreak")]
         return [i.prompt for i in items]
 
-    def measure(self, model: str, cost_model) -> dict[str, float]:
-        """Harmful rate (cost > 0) and mean cost of ``model``'s answers to the red-team prompts."""
+    def measure(self, model: str, cost_model) -> dict[str, Any]:
+        """``model``'s answers to the red-team prompts, measured twice: ``cost_model`` (harmful
+        rate: cost > 0, mean cost) and ``independent`` (the verifier's rate, or None)."""
         from alignkit.models import GenerationConfig, load_backend
 
         prompts = self.eval_prompts()
@@ -296,11 +320,13 @@ class SafetyAlignment:
         finally:
             backend.close()
         costs = cost_model.score(prompts, answers)
-        return {
-            "harmful_rate": sum(c > 0 for c in costs) / len(costs),
-            "mean_cost": sum(costs) / len(costs),
-            "n": float(len(costs)),
-        }
+        name = resolve(self.config.verifier, self.config.model)
+        independent = (
+            None
+            if name is None
+            else independent_rate(name, prompts, answers, self.config.verifier_options)
+        )
+        return {"cost_model": cost_rate(costs), "independent": independent}
 
     def _train_round(self, records: list[dict], name: str) -> Path:
         from alignkit.dpo import DPOTrainer
@@ -336,13 +362,15 @@ class SafetyAlignment:
                 model = self._train_round(records, f"round-{round_}")
                 measured = self.measure(f"hf:{model}", cost_model)
                 history.append({"round": round_, "lambda": lam, "flipped": flips, **measured})
-                if measured["harmful_rate"] <= cfg.threshold:
+                rate = measured["cost_model"]["harmful_rate"]  # the cost model drives the dual
+                if rate <= cfg.threshold:
                     break
-                rate = measured["harmful_rate"]
                 lam = next_multiplier(lam, rate, cfg.threshold, cfg.lambda_lr, gaps, cfg.help_gap)
-        met = history[-1]["harmful_rate"] <= cfg.threshold
-        result = SafetyResult(model, met, history, report)
-        summary = {"model": str(model), "constraint_met": met, "history": history, "data": report}
+        last = history[-1]
+        constraint = verdict(last["cost_model"], last["independent"], cfg.threshold)
+        result = SafetyResult(model, constraint["met"], history, report, constraint)
+        summary = {"model": str(model), "constraint_met": constraint["met"],
+                   "constraint": constraint, "history": history, "data": report}  # fmt: skip
         (self.out / "safety.json").write_text(json.dumps(summary, indent=2))
         return result
 
