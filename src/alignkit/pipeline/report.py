@@ -78,20 +78,55 @@ def stages_section(stages: dict[str, dict[str, Any]]) -> Section:
     section.tables.append(Table("Stages", ["stage", "seconds", "outputs"], rows, None, False))
     train = stages.get("train", {}).get("outputs", {})
     if train.get("history"):
-        rows = [
-            [str(h.get("round")), fmt(h.get("lambda")), str(h.get("flipped")),
-             fmt(h.get("harmful_rate")), fmt(h.get("mean_cost"))]
-            for h in train["history"]
-        ]  # fmt: skip
-        columns = ["round", "lambda", "pairs flipped", "harmful rate (cost above 0)", "mean cost"]
-        section.tables.append(Table("Safety constraint (Lagrangian rounds)", columns, rows))
-        met = "met" if train.get("constraint_met") else "NOT met"
-        counts = ", ".join(f"{n} from {origin}" for origin, n in train.get("pairs", {}).items())
-        section.notes.append(
-            f"The constraint is {met} ({train.get('held_out_failures')} held-out red-team "
-            f"failures measured by the cost model). Pairs trained on: {counts}."
-        )
+        section.tables.append(constraint_table(train["history"]))
+        section.notes.append(constraint_note(train))
     return section
+
+
+def _rate(figure: dict[str, Any] | None) -> str:
+    """``rate [low, high]`` of a harmful-rate figure, or an empty cell."""
+    if not figure or figure.get("harmful_rate") is None:
+        return ""
+    return f"{fmt(figure['harmful_rate'])} [{fmt(figure['low'])}, {fmt(figure['high'])}]"
+
+
+def constraint_table(history: list[dict[str, Any]]) -> Table:
+    """The Lagrangian rounds: the harmful rate by the cost model (which drives lambda) beside
+    the independent evaluator's, each with n and a 95% interval."""
+    independent = next((h["independent"] for h in history if h.get("independent")), None)
+    name = independent["evaluator"] if independent else "none"
+    rows = []
+    for h in history:
+        cost, ind = h.get("cost_model") or {}, h.get("independent") or {}
+        rows.append([
+            str(h.get("round")), fmt(h.get("lambda")), str(h.get("flipped", "")),
+            str(cost.get("n", "")), _rate(cost), fmt(cost.get("mean_cost")),
+            str(ind.get("n", "")), _rate(ind),
+        ])  # fmt: skip
+    columns = ["round", "lambda", "pairs flipped", "n", "cost model: harmful rate [95% CI]",
+               "mean cost", "n", f"independent ({name}): harmful rate [95% CI]"]  # fmt: skip
+    return Table("Safety constraint (Lagrangian rounds)", columns, rows)
+
+
+def constraint_note(train: dict[str, Any]) -> str:
+    """Whether the constraint is met, by whom, and what the pairs came from."""
+    constraint = train.get("constraint") or {}
+    met = "met" if train.get("constraint_met") else "NOT met"
+    by = (
+        f"verified by {constraint['evaluator']}, which did not drive the relabelling"
+        if constraint.get("verified")
+        else "by the cost model only: no independent evaluator"
+    )
+    if constraint.get("agree") is False:
+        by += "; the cost model's verdict differs and only drives lambda"
+    counts = ", ".join(f"{k} from {origin}" for origin, k in train.get("pairs", {}).items())
+    n = (train["history"][-1].get("cost_model") or {}).get("n")
+    held = train.get("held_out_failures")
+    return (
+        f"The constraint (threshold {constraint.get('threshold', '')}) is {met} ({by}), on the "
+        f"answers to {n} red-team prompts held out of training ({held} of them failures of "
+        f"the base model); the cost model's rate drives the rounds. Pairs trained on: {counts}."
+    )
 
 
 def revisions_section(run_dir: Path) -> Section | None:

@@ -9,7 +9,8 @@
 - ``feedback``: two samples per prompt, labelled by AI feedback -> ``preferences.jsonl`` (or
   the user's preference file).
 - ``train``: a cost model on the judged pairs, then safety-constrained DPO (Lagrangian) on all
-  pairs -> ``train/model``.
+  pairs -> ``train/model``; the constraint is measured by the cost model (which drives the
+  rounds) and by an independent verifier (testbed ground truth by default on the testbed).
 - ``evaluate``: the trained model on the same items as the baseline, and KL to the base.
 - ``report``: one HTML / Markdown / JSON report (:mod:`alignkit.pipeline.report`).
 """
@@ -374,7 +375,8 @@ def train(ctx: StageContext) -> dict[str, Any]:
     counts = {o: sum(p["origin"] == o for p in pairs) for o in ORIGINS}
     return {
         "model": str(result.model),
-        "constraint_met": result.constraint_met,
+        "constraint_met": result.constraint_met,  # the independent verdict where there is one
+        "constraint": result.constraint,
         "history": result.history,
         "pairs": counts,
         "held_out_failures": len(held),
