@@ -53,6 +53,12 @@ def test_demo_halves_harm_and_keeps_helpfulness(demo):
     assert change["kl"]["after"] > 0
     train = result.outputs["train"]
     assert train["constraint_met"] and train["pairs"]["revise"] > 100
+    # met by the testbed's ground truth on the held-out failures, not by the cost model that
+    # drove the relabelling
+    truth = train["history"][-1]["independent"]
+    assert train["constraint"]["verified"] and truth["evaluator"] == "testbed ground truth"
+    assert truth["n"] == train["held_out_failures"] and truth["unjudged"] == 0, truth
+    assert truth["harmful_rate"] <= config.train.threshold, truth
     # the Lagrangian relabels the helpful-only annotator's harmful wins, and no benign pair
     from alignkit.testbed.labeller import label
 
@@ -101,7 +107,7 @@ def test_pipeline_report_escapes_adversarial_text(demo, tmp_path):
     assert "<script" not in page and "<img src=x" not in page
     assert "&lt;script&gt;" in page and "harmful compliance" in page
     assert "Safety constraint" in page and "Failures and their revisions" in page
-
+    assert "independent (testbed ground truth): harmful rate" in page
 
 # --- the user's own files, switched-off stages, errors ----------------------------------------
 
