@@ -108,6 +108,8 @@ def test_pipeline_report_escapes_adversarial_text(demo, tmp_path):
     assert "&lt;script&gt;" in page and "harmful compliance" in page
     assert "Safety constraint" in page and "Failures and their revisions" in page
     assert "independent (testbed ground truth): harmful rate" in page
+    assert "verified by testbed ground truth" in page
+
 
 # --- the user's own files, switched-off stages, errors ----------------------------------------
 
