@@ -32,12 +32,14 @@ class StageContext:
         return load_backend(model, device=self.config.device)
 
     @contextmanager
-    def judge(self) -> Iterator[Any]:
-        """The red-team section's judge (its judge model loaded here and closed after)."""
+    def judge(self, **overrides: Any) -> Iterator[Any]:
+        """The red-team section's judge (its judge model loaded here and closed after).
+        ``overrides`` replace its options; one that this judge does not take is dropped when
+        another judge takes it (:func:`~alignkit.redteam.base.build_judge`, ``shared``)."""
         from alignkit.redteam.base import build_judge
 
         section = self.config.redteam
-        options = dict(section.judge_options)
+        options = {**section.judge_options, **overrides}
         model = self.backend(section.judge_model) if section.judge_model else None
         if model is not None:
             options["model"] = model
