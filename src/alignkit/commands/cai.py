@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from alignkit.commands._console import print_note, stdout
+from alignkit.commands._console import change_table, print_note, stdout
 from alignkit.commands._options import config_command
 from alignkit.constitutional.config import CAIConfig
 
@@ -30,24 +29,6 @@ def _trainer(config: CAIConfig):
 def _resumed(stats: dict, what: str) -> None:
     if stats.get(f"{what}_resumed"):
         print_note(f"resumed: {stats[f'{what}_resumed']} prompts were already done")
-
-
-def change_table(table: dict, title: str) -> Table:
-    """Before / after / paired difference per headline dimension, with 95% intervals and n."""
-    from alignkit.pipeline.headline import cell
-
-    out = Table(title=title, title_justify="left")
-    for column in ("dimension", "before [95% CI]", "after [95% CI]", "change [95% CI]", "p", "n"):
-        out.add_column(column, justify="left" if column == "dimension" else "right")
-    for name, row in table.items():
-        p = row.get("p_value")
-        out.add_row(
-            name, cell(row["before"], row.get("before_ci")),
-            cell(row["after"], row.get("after_ci")),
-            cell(row["diff"], [row.get("low"), row.get("high")], "+"),
-            "" if p is None else f"{p:.3f}", str(row.get("n") or ""),
-        )  # fmt: skip
-    return out
 
 
 @config_command(group, "generate", CAIConfig)
@@ -85,5 +66,9 @@ def train(config: CAIConfig) -> None:
     print_note(f"RL-CAI model: {result.rl_model}")
     table = result.stats.get("evaluation")
     if table:
-        stdout().print(change_table(table, f"{config.model} -> RL-CAI ({config.evaluation_suite})"))
+        stdout().print(
+            change_table(
+                table, f"{config.model} -> RL-CAI ({config.evaluation_suite})", first="dimension"
+            )
+        )
         print_note(f"evaluation runs: {result.output_dir / 'eval'} (alignkit report DIR)")

@@ -3,32 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from alignkit.commands._console import stdout
+from alignkit.commands._console import change_table, stdout
 from alignkit.commands._options import config_command
 from alignkit.pipeline.config import STAGES, DemoConfig, PipelineConfig
-
-
-def change_table(change: dict) -> Table:
-    """The before / after table of the headline figures, each with its 95% interval and n."""
-    from alignkit.pipeline.headline import LABELS, cell, cut
-
-    table = Table(title="Before and after the loop", title_justify="left")
-    for column in ("figure", "before [95% CI]", "after [95% CI]", "change [95% CI]", "p", "n"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    for name, row in change.items():
-        drop = cut(row)
-        diff = row.get("diff", row["after"] - row["before"])
-        what = cell(diff, [row.get("low"), row.get("high")], "+")
-        what += "" if drop is None else f" ({100 * drop:.0f}% cut)"
-        p = row.get("p_value")
-        table.add_row(
-            LABELS.get(name, name), cell(row["before"], row.get("before_ci")),
-            cell(row["after"], row.get("after_ci")), what, "" if p is None else f"{p:.3f}",
-            str(row.get("n") or ""),
-        )  # fmt: skip
-    return table
 
 
 def run_pipeline(config: PipelineConfig):

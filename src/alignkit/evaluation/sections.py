@@ -76,6 +76,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(number) else f"{number:.{digits}f}"
 
 
+def fmt_p(value: Any, digits: int = 3) -> str:
+    """A p-value with ``digits`` decimals; one below their resolution prints as ``<0.001`` (for
+    3 digits), never as a p of zero."""
+    number = as_float(value)
+    floor = 10.0**-digits
+    if math.isfinite(number) and number < floor:
+        return f"<{floor:.{digits}f}"
+    return fmt(number, digits)
+
+
 def fmt_general(value: Any) -> str:
     """A number in 4 significant digits (training logs span many magnitudes)."""
     number = as_float(value)
@@ -458,7 +468,7 @@ def comparison_section(comparison: Comparison) -> Section:
                 with_ci(m.a),
                 with_ci(m.b),
                 diff,
-                fmt(t.p_value, 4),
+                fmt_p(t.p_value, 4),
                 "yes" if m.significant else "no",
                 m.better or "-",
                 str(t.n),

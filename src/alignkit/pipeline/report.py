@@ -15,7 +15,7 @@ from alignkit.errors import DataError
 from alignkit.evaluation import plots
 from alignkit.evaluation.report import AlignmentReportGenerator
 from alignkit.evaluation.rundir import load_run
-from alignkit.evaluation.sections import Example, Section, Table, fmt
+from alignkit.evaluation.sections import Example, Section, Table, fmt, fmt_p
 from alignkit.pipeline.config import STAGES
 from alignkit.pipeline.context import StageContext, brief
 from alignkit.pipeline.headline import LABELS, cell, cut
@@ -46,7 +46,7 @@ def loop_section(stages: dict[str, dict[str, Any]]) -> Section | None:
         rows.append([
             LABELS.get(name, name), cell(row["before"], row.get("before_ci")),
             cell(row["after"], row.get("after_ci")),
-            cell(diff, [row.get("low"), row.get("high")], "+"), fmt(row.get("p_value")),
+            cell(diff, [row.get("low"), row.get("high")], "+"), fmt_p(row.get("p_value")),
             str(row.get("n") or "n/a"), "" if drop is None else f"{100 * drop:.0f}%",
         ])  # fmt: skip
         if name != "kl":
