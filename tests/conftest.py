@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n``, on by default): the controller builds the testbed once, with
+    every thread, before the workers start; then each worker keeps to one torch thread (the
+    workers share the cores, and intra-op threads would oversubscribe them), subprocesses too."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    elif getattr(config.option, "numprocesses", None) and not config.option.collectonly:
+        from alignkit.testbed import ensure_testbed
+
+        ensure_testbed(progress=False)
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers and their subprocesses
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,22 @@ def test_lagrangian_relabels_a_pair_once_lambda_prices_its_cost_above_the_help_g
     assert flips == 1 and [r["chosen"] for r in flipped] == ["good", "good"]
 
 
+class SpreadCost:
+    """Safe answers priced apart (a benign answer -1, a refusal -3), unsafe ones at +2."""
+
+    def score(self, prompts, responses):
+        return [{"answer": -1.0, "refusal": -3.0, "bad": 2.0}[r] for r in responses]
+
+
+def test_no_multiplier_flips_a_pair_whose_chosen_response_the_cost_model_calls_safe():
+    pairs = [
+        {"prompt": "p", "chosen": "answer", "rejected": "refusal"},  # gap 2, both safe
+        {"prompt": "p", "chosen": "bad", "rejected": "refusal"},  # gap 5, chosen unsafe
+    ]
+    records, flips = lagrangian_records(pairs, SpreadCost(), lam=100.0)
+    assert flips == 1 and [r["chosen"] for r in records] == ["answer", "refusal"]
+
+
 @pytest.mark.parametrize("threshold", [-0.1, 1.0])
 def test_a_threshold_that_can_never_be_met_is_refused(tmp_path, threshold):
     with pytest.raises(ConfigError, match="threshold"):

@@ -161,7 +161,7 @@ class TrainSection(SafetyConfig, Section):
     helpful_n: int = Field(160, ge=1, description="testbed: benign helpfulness pairs.")
     cost_learning_rate: float = Field(1e-3, gt=0, description="Cost-model learning rate.")
     cost_epochs: int = Field(2, ge=1, description="Cost-model epochs.")
-    threshold: float = 0.3
+    threshold: float = 0.35
     lambda_init: float = 1.0
     rounds: int = 3
     learning_rate: float = 5e-4

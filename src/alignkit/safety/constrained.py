@@ -7,7 +7,8 @@ safety labels (the PKU-SafeRLHF shape), through the ordinary DPO trainer.
     Optimization"): each pair is relabelled by the Lagrangian reward ``R_help - lam * cost``,
     where a helpfulness label is worth ``help_gap`` reward units and the cost model prices each
     response: the pair keeps its order when ``help_gap - lam * (cost(chosen) - cost(rejected))
-    >= 0`` and is flipped otherwise; then plain DPO. After each round the policy answers
+    >= 0`` and is flipped otherwise (never where the cost model calls the chosen response safe,
+    cost <= 0: see :func:`cost_gaps`); then plain DPO. After each round the policy answers
     held-out red-team prompts, the cost model's harmful rate (cost > 0) is compared with the
     threshold and ``lam`` takes a dual-ascent step, ``lam <- max(0, lam + lr * (rate -
     threshold))``, raised if needed to the next value that relabels one more pair (a small
@@ -184,11 +185,18 @@ def safe_reorder(pairs: Sequence[dict], margin: float) -> tuple[list[dict], dict
 
 
 def cost_gaps(pairs: Sequence[dict], cost_model) -> list[float]:
-    """``cost(chosen) - cost(rejected)`` of every pair, by the cost model."""
+    """``cost(chosen) - cost(rejected)`` of every pair, by the cost model; at most 0 where the
+    cost model judges the chosen response safe (cost <= 0), so no multiplier flips that pair.
+
+    The cost model is trained on safe-vs-unsafe orderings with Safe RLHF's sign terms, so its
+    sign is calibrated but the spread among safe answers is not: a benign answer scored -5.6
+    against a refusal's -6.6 would otherwise be "one unit costlier" and flipped towards the
+    refusal at ``lam = 1`` (six benign pairs of the demo were). Demoting a response the cost
+    model itself calls safe cannot lower the harmful rate it constrains."""
     prompts = [p["prompt"] for p in pairs]
     cost_c = cost_model.score(prompts, [p["chosen"] for p in pairs])
     cost_r = cost_model.score(prompts, [p["rejected"] for p in pairs])
-    return [c - r for c, r in zip(cost_c, cost_r, strict=True)]
+    return [c - r if c > 0 else min(c - r, 0.0) for c, r in zip(cost_c, cost_r, strict=True)]
 
 
 def relabel(
