@@ -332,8 +332,10 @@ def test_registry_metadata():
         assert loss.reference_free == (name == "simpo")
     assert LOSSES["simpo"].valid_params() == ["gamma", "label_smoothing"]
     assert LOSSES["hinge"].valid_params() == ["kl_coef"]
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ConfigError, match="loss 'sigmoid' is already registered"):
         register_loss("sigmoid", paper="x")(lambda logps, beta, eps: logps.policy_chosen)
+    entry = LOSSES.entry("sigmoid")  # the same metadata reports read for every plugin kind
+    assert "2023" in entry.paper and entry.measures["loss"] and entry.description
 
 
 def test_dpo_loss_tuple_api_matches_compute_loss():

@@ -1,4 +1,4 @@
-"""One registry mechanism for plugins: scorers, red-team judges and attacks register the same way.
+"""One registry mechanism for plugins: scorers, judges, attacks and DPO losses register alike.
 
 A :class:`Registry` maps names to factories (functions or classes) with their metadata in one
 place (:class:`Entry`: description, paper, and what each figure measures), so configs, the CLI
@@ -15,7 +15,9 @@ and reports read the same text. Every kind behaves alike:
   out instead; a name no plugin takes is still an error.
 - A factory that takes ``**options`` checks its own options (they are all passed on).
 
-The DPO loss registry (:mod:`alignkit.dpo.registry`) keeps its own declarative parameters.
+DPO losses (:mod:`alignkit.dpo.registry`) are a :class:`Registry` too; their factory is the
+loss itself, and their hyper-parameters are checked against declared bounds (a signature carries
+no bounds) by :func:`alignkit.dpo.registry.check_config`.
 """
 
 from __future__ import annotations

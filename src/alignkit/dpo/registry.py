@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from torch import Tensor
 
 from alignkit.errors import ConfigError
+from alignkit.registry import Registry
 
 if TYPE_CHECKING:
     from alignkit.dpo.losses import PreferenceLogps
@@ -85,8 +86,15 @@ class PreferenceLoss:
         return self.fn(logps, beta, label_smoothing, **values)
 
 
-LOSSES: dict[str, PreferenceLoss] = {}
-"""The loss registry: ``loss_type`` name -> :class:`PreferenceLoss`."""
+def _load_losses() -> None:
+    import alignkit.dpo.losses  # noqa: F401  (the built-in losses register on import)
+
+
+LOSSES: Registry[PreferenceLoss] = Registry("loss", load=_load_losses)
+"""The loss registry (:class:`alignkit.registry.Registry`, as for scorers, judges and attacks):
+``loss_type`` name -> :class:`PreferenceLoss`. A taken name is refused with the same error;
+the hyper-parameters are checked by :func:`check_config` against the declared :class:`Param`
+bounds, which a signature cannot carry."""
 
 
 def register_loss(
@@ -104,25 +112,27 @@ def register_loss(
     """Decorator adding ``fn(logps, beta, label_smoothing, **params) -> losses[B]`` to LOSSES."""
 
     def decorate(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
         if soft_labels and smoothing is None:
             raise ValueError(f"loss {name!r}: soft labels train as per-pair label smoothing")
-        LOSSES[name] = PreferenceLoss(
-            name,
-            paper,
-            fn,
-            reference_free,
-            dict(params or {}),
-            smoothing,
-            needs_tokens,
-            rankings,
-            soft_labels,
-            margins,
-        )
+        loss = PreferenceLoss(
+            name, paper, fn, reference_free, dict(params or {}), smoothing, needs_tokens,
+            rankings, soft_labels, margins,
+        )  # fmt: skip
+        summary = (inspect.getdoc(fn) or "").split("\n\n")[0]
+        LOSSES.add(name, loss, description=summary, paper=paper, measures=_measures(loss))
         return fn
 
     return decorate
+
+
+def _measures(loss: PreferenceLoss) -> dict[str, str]:
+    """What the figures logged for this loss measure (read by reports, as for scorers)."""
+    what = {"loss": f"the {loss.name} objective averaged over the batch ({loss.paper})"}
+    if not loss.reference_free:
+        what["rewards/accuracies"] = (
+            "share of pairs whose implicit reward beta * log(pi / pi_ref) ranks chosen first"
+        )
+    return what
 
 
 def get_loss(loss_type: str) -> PreferenceLoss:
