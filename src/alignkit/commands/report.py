@@ -30,7 +30,7 @@ def _comparison_table(generator: AlignmentReportGenerator) -> Table:
     table = Table(title=escape(generator.title), title_justify="left")
     rows = _comparison_rows(generator)
     _metric_column(table, rows)
-    for column in ("run A", "run B", "diff [CI]", "p-value", "significant"):
+    for column in ("run A", "run B", "B - A [CI]", "p-value", "significant"):
         table.add_column(column, justify="right", min_width=min(len(column), 7))
     for row in rows:
         cells = [escape(c) for c in row[:6]]
