@@ -188,3 +188,28 @@ def test_openai_requests_carry_per_prompt_seeds():
         seeds = [r["body"]["seed"] for r in server.requests]
     assert seeds[0] == seeds[4] == request_seed(sample_key(3, prompt_key("a")))
     assert len(set(seeds[:4])) == 4  # the second "a" has its own seed
+
+
+def test_dpo_kl_samples_do_not_depend_on_the_other_prompts(generic_dir):
+    """The DPO evaluation's KL samples (drawn from the model directly, not through a backend)
+    follow the same rule: a prompt's completion is the same alone, among others, reordered."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.dpo.evaluation import sample_completions
+
+    tok = AutoTokenizer.from_pretrained(generic_dir)
+    model = AutoModelForCausalLM.from_pretrained(generic_dir).eval()
+    prompts = [tok(p)["input_ids"] for p in GENERIC[:12]]
+    pad, ends = tok.pad_token_id or 0, {tok.eos_token_id}
+
+    def draw(batch, seed=0):
+        with torch.no_grad():
+            out = sample_completions(model, batch, pad, ends, max_new_tokens=12, seed=seed)
+        return [s.completion_ids[0] for s in out]
+
+    together = draw(prompts)
+    alone = [draw([p])[0] for p in prompts[:4]]
+    reordered = draw(prompts[::-1])[::-1]
+    assert together[:4] == alone and together == reordered
+    assert len({tuple(c) for c in together}) > 6  # sampled, not one fixed answer
+    assert draw(prompts[:4], seed=1) != together[:4]  # the seed matters

@@ -7,13 +7,18 @@ estimator; Schulman 2020, "Approximating KL divergence"), in nats per completion
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessorList
 
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
+from alignkit.models.base import GenerationConfig
 from alignkit.models.hf import pad_token_ids
+from alignkit.models.hf_sampling import GumbelSampler
+from alignkit.models.sampling import sample_keys
 
 
 @dataclass
@@ -49,23 +54,25 @@ def sample_completions(
     max_new_tokens: int = 64,
     seed: int = 0,
 ) -> list[_Sampled]:
-    """Sample one completion per prompt (token ids, ending with the end token if reached)."""
+    """Sample one completion per prompt (token ids, ending with the end token if reached).
+
+    Each row draws from its own sample key (seed, the prompt's token ids, its occurrence), as
+    the backends do (:mod:`alignkit.models.sampling`), so a prompt's sample, and with it the
+    KL estimate, does not depend on which other prompts share the call."""
     device = next(model.parameters()).device
     ids, mask = pad_token_ids(prompts, pad_id, left=True)
     width = ids.shape[1]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(end_ids) or None,
-        )
+    keys = sample_keys([json.dumps(p) for p in prompts], seed)
+    sampler = GumbelSampler(GenerationConfig(temperature=1.0), keys, width, device)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=False,  # the argmax of the Gumbel-perturbed logits is the sample
+        logits_processor=LogitsProcessorList([sampler]),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(end_ids) or None,
+    )
     samples = []
     for p, row in zip(prompts, out[:, width:].tolist(), strict=True):
         end = next((i for i, t in enumerate(row) if t in end_ids), len(row) - 1)
