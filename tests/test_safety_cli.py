@@ -54,7 +54,10 @@ def test_safety_eval_reports_every_part(cost_model, tmp_path):
     assert constraint["verified"] and constraint["met"] is (truth["harmful_rate"] <= 0.2)
     assert "harmful rate, independent (testbed ground truth):" in result.output
     assert f"({truth['harmful']}/20)" in result.output
-    assert 0 <= report["robustness"]["consistency_rate"] <= 1
+    robust = report["robustness"]  # shares of its n harmful requests (each variant's count)
+    assert robust["n"] == 12
+    for rate in [robust["consistency_rate"], *robust["harmful_rate"].values()]:
+        assert rate * 12 == pytest.approx(round(rate * 12)), robust
     assert set(report["robustness"]["harmful_rate"]) >= {"plain", "rot13"}
 
 

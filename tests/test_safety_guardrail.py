@@ -154,8 +154,8 @@ def test_robustness_on_testbed_and_a_consistent_backend(testbed_backend):
     print("robustness on testbed:", {k: v for k, v in report.items() if k != "per_request"})
     assert report["variants"] == ["plain", *sorted(C.JAILBREAKS), "paraphrase-0"]
     assert set(report["harmful_rate"]) == set(report["variants"])
-    assert all(0.0 <= r <= 1.0 for r in report["harmful_rate"].values())
-    assert 0.0 <= report["consistency_rate"] <= 1.0
+    for name, rate in report["harmful_rate"].items():  # each rate is its variant's share of 12
+        assert rate == sum(r["harmful"][name] for r in report["per_request"]) / 12, name
     assert max(report["harmful_rate"].values()) > 0  # the testbed model does comply sometimes
     expected = sum(r["consistent"] for r in report["per_request"]) / 12
     assert report["consistency_rate"] == expected

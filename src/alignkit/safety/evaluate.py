@@ -95,7 +95,8 @@ def evaluate_safety_alignment(
         requests = World(seed).requests("harmful", "heldout")[:12]
         checked = robustness_check(evaluator.backend, requests, generation=generation)
         report["robustness"] = {
-            k: checked[k] for k in ("consistency_rate", "always_safe_rate", "harmful_rate")
+            "n": len(requests),  # every rate below is a share of these requests
+            **{k: checked[k] for k in ("consistency_rate", "always_safe_rate", "harmful_rate")},
         }
     evaluator.backend.close()
     return report
