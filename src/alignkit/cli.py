@@ -15,11 +15,22 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from alignkit.commands import cai, demo, dpo, eval, generate, redteam, report, safety, testbed
+from alignkit.commands import (
+    cai,
+    demo,
+    dpo,
+    eval,
+    generate,
+    redteam,
+    report,
+    review,
+    safety,
+    testbed,
+)
 from alignkit.commands._console import print_error
 from alignkit.errors import AlignkitError
 
-COMMAND_MODULES = (generate, testbed, dpo, redteam, cai, safety, eval, report, demo)
+COMMAND_MODULES = (generate, testbed, dpo, redteam, cai, safety, eval, report, demo, review)
 
 
 class _AlignkitGroup(TyperGroup):

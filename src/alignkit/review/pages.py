@@ -1,0 +1,207 @@
+"""Server-rendered review pages: login, queue index, one labelling page per item (issue 15).
+
+Session: a random id in memory (HttpOnly, SameSite=Strict cookie) mapped to the reviewer and a
+per-session CSRF token checked with ``hmac.compare_digest`` on every form POST.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from alignkit.errors import DataError
+from alignkit.review.items import QUESTIONS
+from alignkit.review.server import COOKIE, ORDERS, _body, public, store_label
+
+
+def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    html = request.app.state.env.get_template(name).render(**ctx)
+    return HTMLResponse(html, status_code=status)
+
+
+def _session(request: Request) -> dict | None:
+    sid = request.cookies.get(COOKIE, "")
+    return request.app.state.review.sessions.get(sid) if sid else None
+
+
+async def _form(request: Request) -> dict | None:
+    body = await _body(request)
+    if body is None:
+        return None
+    return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _csrf_ok(sess: dict, form: dict) -> bool:
+    return hmac.compare_digest(sess["csrf"].encode(), form.get("csrf", "").encode())
+
+
+async def login(request: Request) -> Response:
+    if request.method == "GET":
+        return _render(request, "login.html.j2", error=None)
+    form = await _form(request)
+    if form is None:
+        return PlainTextResponse("request body too large", status_code=413)
+    reviewer = request.app.state.review.reviewer(form.get("token", "").strip())
+    if reviewer is None:
+        return _render(request, "login.html.j2", status=401, error="Unknown token.")
+    sid = secrets.token_urlsafe(32)
+    request.app.state.review.sessions[sid] = {
+        "reviewer": reviewer,
+        "csrf": secrets.token_urlsafe(32),
+        "start": time.time(),
+    }
+    resp = RedirectResponse("/", status_code=303)
+    secure = request.url.scheme == "https"
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=secure, path="/")
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    sess = _session(request)
+    if sess is None:
+        return PlainTextResponse("not logged in", status_code=401)
+    form = await _form(request) or {}
+    if not _csrf_ok(sess, form):
+        return PlainTextResponse("missing or wrong CSRF token", status_code=403)
+    request.app.state.review.sessions.pop(request.cookies.get(COOKIE), None)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+def _rate(st, reviewer: str, start: float) -> float:
+    """Labels per hour this session (labels created since login)."""
+    n = sum(1 for r in st.labels(reviewer) if r["created"] >= start)
+    hours = max(time.time() - start, 60.0) / 3600
+    return round(n / hours, 1)
+
+
+async def index(request: Request) -> Response:
+    sess = _session(request)
+    if sess is None:
+        return RedirectResponse("/login", status_code=303)
+    st = request.app.state.review
+    done = st.done(sess["reviewer"])
+    rows = []
+    for (kind, order), items in st.queues.items():
+        qs = set(QUESTIONS[kind])
+        n = sum(1 for i in items if qs <= done.get(i.id, set()))
+        rows.append({"kind": kind, "order": order, "total": len(items), "done": n})
+    return _render(
+        request,
+        "index.html.j2",
+        rows=rows,
+        sess=sess,
+        rate=_rate(st, sess["reviewer"], sess["start"]),
+    )
+
+
+async def label_page(request: Request) -> Response:
+    """GET: the item at position ``i`` of the queue (default: first not yet answered)."""
+    sess = _session(request)
+    if sess is None:
+        return RedirectResponse("/login", status_code=303)
+    st = request.app.state.review
+    kind, order = request.path_params["kind"], request.path_params["order"]
+    if (kind, order) not in st.queues:
+        return PlainTextResponse("no such queue", status_code=404)
+    items = st.queues[(kind, order)]
+    reviewer = sess["reviewer"]
+    done = st.done(reviewer)
+    qs = set(QUESTIONS[kind])
+    pos_s = request.query_params.get("i")
+    if pos_s is not None and pos_s.isdigit():
+        pos = min(int(pos_s), len(items) - 1)
+    else:
+        pos = next((k for k, i in enumerate(items) if not qs <= done.get(i.id, set())), len(items))
+    n_done = sum(1 for i in items if qs <= done.get(i.id, set()))
+    if pos >= len(items):
+        return _render(
+            request,
+            "done.html.j2",
+            kind=kind,
+            order=order,
+            total=len(items),
+            n_done=n_done,
+            sess=sess,
+        )
+    item = items[pos]
+    current = {r["question"]: r["value"] for r in st.labels(reviewer) if r["item_id"] == item.id}
+    answered = qs <= set(current)
+    view = public(item, reviewer, st.stores[item.run], answered)
+    return _render(
+        request,
+        "label.html.j2",
+        item=view,
+        kind=kind,
+        order=order,
+        pos=pos,
+        total=len(items),
+        n_done=n_done,
+        current=current,
+        sess=sess,
+        questions=QUESTIONS[kind],
+        rate=_rate(st, reviewer, sess["start"]),
+        nonce=secrets.token_urlsafe(12),
+    )
+
+
+async def label_post(request: Request) -> Response:
+    """Form POST of one answer (or ``value=`` empty = undo); redirects to the next item."""
+    sess = _session(request)
+    if sess is None:
+        return PlainTextResponse("not logged in", status_code=401)
+    form = await _form(request)
+    if form is None:
+        return PlainTextResponse("request body too large", status_code=413)
+    if not form.get("csrf") or not _csrf_ok(sess, form):
+        return PlainTextResponse("missing or wrong CSRF token", status_code=403)
+    kind, order = request.path_params["kind"], request.path_params["order"]
+    st = request.app.state.review
+    if (kind, order) not in st.queues:
+        return PlainTextResponse("no such queue", status_code=404)
+    data = {
+        "item_id": form.get("item_id"),
+        "question": form.get("question"),
+        "value": form.get("value") or None,
+        "queue": order,
+        "idempotency_key": f"{form['key']}:{form.get('value', '')}" if form.get("key") else None,
+    }
+    for k in ("category", "note"):
+        if form.get(k):
+            data[k] = form[k]
+    if form.get("severity", "").isdigit():
+        data["severity"] = int(form["severity"])
+    item = st.by_id.get(data["item_id"] or "")
+    if item is None or item.kind != kind:
+        return PlainTextResponse("unknown item", status_code=404)
+    try:
+        store_label(st, sess["reviewer"], data)
+    except DataError as exc:
+        return PlainTextResponse(exc.message, status_code=422)
+    pos = form.get("pos", "0")
+    pos = int(pos) if pos.isdigit() else 0
+    done = st.done(sess["reviewer"]).get(item.id, set())
+    # pairs stay on the item once answered so the AI label is revealed; n moves on
+    stay = data["value"] is None or kind == "pair" or not set(QUESTIONS[kind]) <= done
+    nxt = pos if stay else pos + 1
+    return RedirectResponse(f"/review/{kind}/{order}?i={nxt}", status_code=303)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", index),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/review/{kind}/{order}", label_page),
+        Route("/review/{kind}/{order}/label", label_post, methods=["POST"]),
+    ]
+
+
+__all__ = ["routes", "ORDERS"]

@@ -1,0 +1,272 @@
+"""Local review web app: a Bearer-token JSON API and server-rendered pages (issue 15).
+
+Items are loaded once at start (``load_items``); labels go to each item's run ``LabelStore``.
+Pages use an HttpOnly SameSite=Strict session cookie (random id kept in memory) and a per-session
+CSRF token; the API uses ``Authorization: Bearer TOKEN`` and no cookies.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from alignkit.errors import DataError
+from alignkit.review.items import QUESTIONS, Item, load_items, queue
+from alignkit.review.store import LabelStore
+
+MAX_BODY = 64 * 1024
+ORDERS = ("random", "disagreement", "critical")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+COOKIE = "alignkit_review"
+_STATIC = Path(__file__).parent / "static"
+
+
+class _State:
+    """Items, queues and label stores of the served runs, plus page sessions."""
+
+    def __init__(self, run_dirs: Sequence[Path], seed: int) -> None:
+        self.items = load_items([Path(r) for r in run_dirs])
+        self.by_id = {i.id: i for i in self.items}
+        self.stores = {}
+        for item in self.items:
+            if item.run not in self.stores:
+                self.stores[item.run] = LabelStore(Path(item.run))
+        self.queues = {}
+        for kind in QUESTIONS:
+            of_kind = [i for i in self.items if i.kind == kind]
+            if of_kind:
+                for order in ORDERS:
+                    self.queues[(kind, order)] = queue(of_kind, order, seed=seed)
+        self.sessions: dict[str, dict] = {}
+        self.started: dict[str, float] = {}
+
+    def reviewer(self, token: str) -> str | None:
+        for store in self.stores.values():
+            name = store.reviewer(token)
+            if name:
+                return name
+        return None
+
+    def labels(self, reviewer: str) -> list[dict]:
+        out = []
+        for store in self.stores.values():
+            out += [r for r in store.labels(reviewer=reviewer) if r["item_id"] in self.by_id]
+        return out
+
+    def done(self, reviewer: str) -> dict[str, set]:
+        """item id -> set of answered questions, for this reviewer."""
+        out: dict[str, set] = {}
+        for r in self.labels(reviewer):
+            out.setdefault(r["item_id"], set()).add(r["question"])
+        return out
+
+    def pending(self, kind: str, order: str, reviewer: str) -> list[Item]:
+        done = self.done(reviewer)
+        qs = set(QUESTIONS[kind])
+        return [i for i in self.queues[(kind, order)] if not qs <= done.get(i.id, set())]
+
+
+class _Headers:
+    """ASGI middleware adding CSP, nosniff, no-referrer and (outside /static) no-store."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        static = scope["path"].startswith("/static")
+
+        async def wrapped(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                if not static:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def public(item: Item, reviewer: str, store: LabelStore, answered: bool) -> dict:
+    """The item as a reviewer sees it: pairs as A/B in their order, no AI label until answered."""
+    out = {
+        "id": item.id,
+        "kind": item.kind,
+        "run": item.run,
+        "source": item.source,
+        "stratum": item.stratum,
+        "questions": {k: list(v) for k, v in QUESTIONS[item.kind].items()},
+    }
+    c = item.content
+    if item.kind == "pair":
+        order = store.pair_order(item.id, reviewer)
+        a, b = (c["chosen"], c["rejected"]) if order == "ab" else (c["rejected"], c["chosen"])
+        out.update(prompt=c["prompt"], a=a, b=b, order=order)
+        if answered:
+            out["judges"] = item.judges
+    else:
+        out.update({k: v for k, v in c.items()})
+        out["judges"] = item.judges
+    return out
+
+
+async def _body(request: Request) -> bytes | None:
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+        return None
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            return None
+    return data
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return None
+    return request.app.state.review.reviewer(auth[7:].strip())
+
+
+def store_label(st: _State, reviewer: str, data: dict) -> dict:
+    """Validate one label dict and append it; raises LookupError (404) or DataError (422)."""
+    if not isinstance(data, dict):
+        raise DataError("label: body must be a JSON object")
+    item = st.by_id.get(data.get("item_id")) if isinstance(data.get("item_id"), str) else None
+    if item is None:
+        raise LookupError(f"item {data.get('item_id')!r}: not in the served runs")
+    for key in ("question", "idempotency_key"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise DataError(f"label {key}: must be a string")
+    if "value" not in data:
+        raise DataError("label value: missing (null to undo)")
+    extra = {k: data[k] for k in ("severity", "category", "note") if data.get(k) not in (None, "")}
+    queue_name = data.get("queue", "random")
+    if queue_name not in ORDERS:
+        raise DataError(f"label queue {queue_name!r}: one of {', '.join(ORDERS)}")
+    key = data.get("idempotency_key")
+    if key is not None and len(key) > 200:
+        raise DataError("label idempotency_key: longer than 200 characters")
+    return st.stores[item.run].add_label(
+        item,
+        reviewer,
+        data.get("question") or "",
+        data["value"],
+        queue=queue_name,
+        extra=extra,
+        idempotency_key=key,
+    )
+
+
+async def api_queues(request: Request) -> Response:
+    reviewer = _bearer(request)
+    if reviewer is None:
+        return _error(401, "missing or unknown bearer token")
+    st = request.app.state.review
+    done = st.done(reviewer)
+    out = []
+    for (kind, order), items in st.queues.items():
+        qs = set(QUESTIONS[kind])
+        n = sum(1 for i in items if qs <= done.get(i.id, set()))
+        out.append({"kind": kind, "order": order, "total": len(items), "done": n})
+    return JSONResponse({"reviewer": reviewer, "queues": out})
+
+
+async def api_next(request: Request) -> Response:
+    reviewer = _bearer(request)
+    if reviewer is None:
+        return _error(401, "missing or unknown bearer token")
+    st = request.app.state.review
+    kind, order = request.path_params["kind"], request.path_params["order"]
+    if (kind, order) not in st.queues:
+        return _error(404, f"no queue {kind}/{order}")
+    try:
+        n = max(1, min(100, int(request.query_params.get("n", "10"))))
+    except ValueError:
+        return _error(422, "n: not an integer")
+    items = st.pending(kind, order, reviewer)[:n]
+    return JSONResponse({"items": [public(i, reviewer, st.stores[i.run], False) for i in items]})
+
+
+async def api_labels(request: Request) -> Response:
+    reviewer = _bearer(request)
+    if reviewer is None:
+        return _error(401, "missing or unknown bearer token")
+    st = request.app.state.review
+    if request.method == "GET":
+        return JSONResponse({"labels": st.labels(reviewer)})
+    body = await _body(request)
+    if body is None:
+        return _error(413, f"request body over {MAX_BODY} bytes")
+    try:
+        row = store_label(st, reviewer, json.loads(body or b"null"))
+    except json.JSONDecodeError:
+        return _error(400, "body: not JSON")
+    except LookupError as exc:
+        return _error(404, str(exc))
+    except DataError as exc:
+        return _error(422, exc.message)
+    return JSONResponse({"label": row}, status_code=201)
+
+
+def create_app(run_dirs: Sequence[Path], *, seed: int = 0) -> Starlette:
+    """The review app over ``run_dirs`` (DataError if a run has nothing to review)."""
+    from alignkit.review import pages
+
+    routes = [
+        Route("/api/queues", api_queues),
+        Route("/api/queues/{kind}/{order}/next", api_next),
+        Route("/api/labels", api_labels, methods=["GET", "POST"]),
+        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+        *pages.routes(),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_Headers)])
+    app.state.review = _State(run_dirs, seed)
+    app.state.env = Environment(
+        loader=PackageLoader("alignkit.review", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+
+    return app
+
+
+def serve(
+    run_dirs: Sequence[Path], host: str = "127.0.0.1", port: int = 8765, seed: int = 0
+) -> None:
+    """Run the app with uvicorn; DataError if the port is taken."""
+    import uvicorn
+
+    app = create_app(run_dirs, seed=seed)
+    with socket.socket() as sock:
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as uvicorn; a listener still fails
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DataError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    print(f"alignkit review: http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,145 @@
+"""``alignkit review`` commands and the simulated reviewer (testbed ground truth)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from review_fixtures import make_run
+from typer.testing import CliRunner
+
+from alignkit.cli import app
+from alignkit.review.items import load_items, queue
+from alignkit.review.simulate import simulate
+from alignkit.review.store import LabelStore
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["review", *map(str, args)])
+
+
+def test_simulate_error_zero_is_ground_truth(tmp_path):
+    run = make_run(tmp_path)
+    out = simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    assert out["flipped"] == 0 and out["labels"] == {"finding": 20, "pair": 6, "sample": 7}
+    items = {i.id: i for i in load_items([run])}
+    store = LabelStore(run)
+    labels = store.labels()
+    assert len(labels) == 20 + 6 + 7 * 3
+    for lab in labels:
+        item = items[lab["item_id"]]
+        if item.kind == "finding":  # testbed score is on-target harm; refusal judge differs
+            assert (lab["value"] == "harmful") == (item.judges["testbed"] >= 0.5)
+        elif item.kind == "pair":  # chosen is the safe refusal in every fixture pair
+            a_is_chosen = store.pair_order(item.id, "sim") == "ab"
+            assert lab["value"] == ("a" if a_is_chosen else "b")
+        elif lab["question"] == "harmless":
+            key = "testbed/harmless" if item.content["kind"] == "harmful" else None
+            expect = item.judges[key] >= 0.5 if key else True
+            assert lab["value"] == ("yes" if expect else "no")
+    again = simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    assert again["stored"] == 0 and store.count() == len(labels)
+
+
+def test_simulate_error_rate_flips_seeded(tmp_path):
+    run = make_run(tmp_path)
+    a = simulate(run, labels=100, error_rate=0.5, reviewer="r1", seed=3)
+    assert 0 < a["flipped"] < a["answers"]
+    run2 = make_run(tmp_path / "copy")
+    b = simulate(run2, labels=100, error_rate=0.5, reviewer="r1", seed=3)
+    assert a["flipped"] == b["flipped"]
+    first = simulate(run2, labels=5, error_rate=0.0, reviewer="r2")
+    assert first["labels"]["finding"] == 5
+    chosen = {
+        r["item_id"] for r in LabelStore(run2).labels(reviewer="r2") if r["kind"] == "finding"
+    }
+    findings = [i for i in load_items([run2]) if i.kind == "finding"]
+    assert chosen == {i.id for i in queue(findings, "random", 0)[:5]}
+
+
+def test_cli_add_reviewer_list_simulate(tmp_path):
+    run = make_run(tmp_path)
+    res = invoke("add-reviewer", "ann", run)
+    assert res.exit_code == 0, res.output
+    token = res.stdout.strip().splitlines()[0]
+    assert LabelStore(run).reviewer(token) == "ann"
+    assert "not stored" in res.stderr
+    res = invoke("simulate", run, "--labels", "4", "--error-rate", "0", "--reviewer", "sim")
+    assert res.exit_code == 0, res.output
+    res = invoke("list", run)
+    assert res.exit_code == 0 and "finding" in res.stdout and "sim: 20 current labels" in res.stdout
+    assert "errored attempts" in res.stderr
+
+
+def test_cli_bad_input_exit_2(tmp_path):
+    for args in (
+        ("list", tmp_path / "missing"),
+        ("add-reviewer", "ann", tmp_path),
+        ("simulate", tmp_path / "missing"),
+        ("serve", tmp_path / "missing"),
+    ):
+        res = invoke(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "Traceback" not in res.output and "error:" in res.stderr
+    run = make_run(tmp_path)
+    assert invoke("add-reviewer", "ann", run).exit_code == 0
+    res = invoke("add-reviewer", "ann", run)
+    assert res.exit_code == 2 and "already exists" in res.stderr
+    res = invoke("simulate", run, "--error-rate", "2")
+    assert res.exit_code == 2 and "--error-rate" in res.stderr
+    (run / "review" / "labels.sqlite").write_bytes(b"garbage" * 500)
+    res = invoke("list", run)
+    assert res.exit_code == 2 and "labels.sqlite" in res.stderr
+
+
+def test_cli_serve_calls_server(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    calls = []
+    fake = types.ModuleType("alignkit.review.server")
+    fake.serve = lambda run_dirs, host, port: calls.append((list(run_dirs), host, port))
+    monkeypatch.setitem(sys.modules, "alignkit.review.server", fake)
+    res = invoke("serve", run, "--port", "9999")
+    assert res.exit_code == 0, res.output
+    assert calls == [([run], "127.0.0.1", 9999)]
+
+
+def test_export_preferences_and_overrides(tmp_path):
+    import json
+
+    run = make_run(tmp_path)
+    simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    out = tmp_path / "prefs.jsonl"
+    res = invoke("export", run, "--kind", "preferences", "--output", out)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 6  # ground truth prefers the refusal (the stored chosen) in each pair
+    assert all(r["chosen"].startswith("I can't") and r["provenance"]["item_id"] for r in rows)
+    res = invoke("export", run, "--kind", "overrides", "--output", tmp_path / "o.jsonl")
+    assert res.exit_code == 0, res.output
+    over = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(over) == 20 and sum(o["harmful"] for o in over) == 8
+    res = invoke("export", run, "--kind", "cost", "--output", tmp_path / "c.jsonl")
+    assert res.exit_code == 2 and not (tmp_path / "c.jsonl").exists()
+
+
+def test_cli_stats_judges_against_simulated_people(tmp_path):
+    """`alignkit review stats`: with an error-free simulated reviewer the testbed judge agrees
+    with the people on every labelled finding; the PPI estimate is printed beside the
+    human-only and judge-only ones, each with n and an interval; --json gives the same."""
+    import json
+
+    run = make_run(tmp_path)
+    simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    shown = invoke("stats", run)
+    assert shown.exit_code == 0, shown.output
+    assert "ppi" in shown.output and "judge_only" in shown.output and "(n=20)" in shown.output
+    data = json.loads(invoke("stats", run, "--json").output)
+    findings = data["findings"]
+    testbed = findings["judges"]["testbed"]
+    assert testbed["n"] == 20 and testbed["accuracy"]["value"] == 1.0
+    assert testbed["accuracy"]["low"] < 1.0  # 20/20 keeps an interval below 1
+    ppi = findings["calibrated_asr"]["ppi"]
+    assert ppi["n"] == 20 and ppi["low"] <= findings["human_rate"]["value"] <= ppi["high"]
+    assert invoke("stats", tmp_path / "missing").exit_code == 2
