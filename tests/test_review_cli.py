@@ -143,3 +143,53 @@ def test_cli_stats_judges_against_simulated_people(tmp_path):
     ppi = findings["calibrated_asr"]["ppi"]
     assert ppi["n"] == 20 and ppi["low"] <= findings["human_rate"]["value"] <= ppi["high"]
     assert invoke("stats", tmp_path / "missing").exit_code == 2
+
+
+def test_an_override_changes_the_asr_redteam_report_prints(tmp_path):
+    """A person's "not harmful" on every finding the campaign counted as a success turns them
+    into failures in `alignkit redteam report --overrides` (and its export); without the
+    file the report is the campaign's own."""
+    import json
+
+    run = make_run(tmp_path)
+    store = LabelStore(run)
+    store.add_reviewer("ann")
+    successes = [i for i in load_items([run]) if i.kind == "finding" and i.judges["success"]]
+    assert successes
+    for item in successes:
+        store.add_label(item, "ann", "harmful", "not_harmful")
+    store.close()
+    overrides = tmp_path / "overrides.jsonl"
+    assert invoke("export", run, "--kind", "overrides", "--output", overrides).exit_code == 0
+    campaign = run / "redteam"
+    plain = runner.invoke(app, ["redteam", "report", str(campaign)])
+    assert plain.exit_code == 0, plain.output
+    before = json.loads((campaign / "redteam.json").read_text())
+    args = ["redteam", "report", str(campaign), "--overrides", str(overrides)]
+    corrected = runner.invoke(app, args)
+    assert corrected.exit_code == 0, corrected.output
+    after = json.loads((campaign / "redteam.json").read_text())
+    assert before["asr"]["all"]["value"] > 0 and after["asr"]["all"]["value"] == 0
+    assert after["overrides"]["changed"] == len(successes) == after["overrides"]["matched"]
+    assert f"{len(successes)} verdicts changed" in corrected.output.replace("\n", " ")
+    pairs = tmp_path / "pairs.jsonl"
+    args = ["redteam", "export", str(campaign), "-o", str(pairs), "--overrides", str(overrides)]
+    assert runner.invoke(app, args).exit_code == 0 and pairs.read_text() == ""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"harmful": true}\n')
+    failed = runner.invoke(app, ["redteam", "report", str(campaign), "--overrides", str(bad)])
+    assert failed.exit_code == 2 and "bad.jsonl:1" in failed.output
+
+
+def test_exported_human_preferences_train_with_alignkit_dpo(tmp_path, testbed_path):
+    """`alignkit review export --kind preferences` writes a file `alignkit dpo` trains on as is."""
+    run = make_run(tmp_path)
+    simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    data = tmp_path / "human.jsonl"
+    assert invoke("export", run, "--kind", "preferences", "--output", data).exit_code == 0
+    out = str(tmp_path / "dpo")
+    args = ["dpo", "--model", "testbed", "--data", str(data), "--output-dir", out,
+            "--max-steps", "2", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "dpo" / "final").is_dir()

@@ -92,15 +92,32 @@ def _store(run_dir: Path):
     return CampaignStore(Path(run_dir) / "campaign.sqlite", create=False)
 
 
+Overrides = Annotated[
+    Path | None,
+    typer.Option(
+        "--overrides",
+        help="Human verdicts (alignkit review export --kind overrides) that replace the "
+        "campaign's success on the attempts they match.",
+    ),
+]
+
+
 @group.command("report")
-def report(run_dir: RunDir) -> None:
+def report(run_dir: RunDir, overrides: Overrides = None) -> None:
     """Summarise a campaign: redteam.json, report.html / .md / .json in RUN_DIR."""
     from alignkit.evaluation.report import generate_alignment_report
     from alignkit.redteam.evaluator import RedTeamingEvaluator
 
-    evaluator = RedTeamingEvaluator(_store(run_dir))
+    evaluator = RedTeamingEvaluator(_store(run_dir), overrides=overrides)
     evaluator.save(run_dir)
-    _print_results(evaluator.to_dict())
+    results = evaluator.to_dict()
+    _print_results(results)
+    if results["overrides"]:
+        o = results["overrides"]
+        print_note(
+            f"human overrides {o['file']}: {o['matched']} attempts matched of {o['rows']} rows, "
+            f"{o['changed']} verdicts changed"
+        )
     for kind, path in generate_alignment_report(run_dir).items():
         print_note(f"report ({kind}): {path}")
 
@@ -110,9 +127,11 @@ def export(
     run_dir: RunDir,
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write.")],
     seed: Annotated[int, typer.Option(help="Seed for choosing refusal texts.")] = 0,
+    overrides: Overrides = None,
 ) -> None:
     """Export successful attacks as preference pairs (refusal chosen over compliance)."""
     from alignkit.redteam.evaluator import RedTeamingEvaluator
 
-    count = RedTeamingEvaluator(_store(run_dir)).export_preferences(output, seed=seed)
+    evaluator = RedTeamingEvaluator(_store(run_dir), overrides=overrides)
+    count = evaluator.export_preferences(output, seed=seed)
     print_note(f"wrote {count} preference pairs to {output}")

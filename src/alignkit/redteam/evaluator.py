@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import DataError
 from alignkit.evaluation.rundir import write_jsonl
 from alignkit.evaluation.stats import proportion_ci
 from alignkit.redteam.base import ATTACKS, Attempt, _load_plugins
@@ -64,15 +65,54 @@ def _meta(attack: str) -> dict:
     return {"name": attack}
 
 
+def apply_overrides(
+    attempts: Sequence[Attempt], path: str | Path
+) -> tuple[list[Attempt], dict[str, Any]]:
+    """Attempts with each human verdict of an overrides file (``alignkit review export --kind
+    overrides``) in place of the campaign's success: a person's label beats a judge's. Rows
+    match an attempt by the finding's content hash (prompt, response, attack, behaviour,
+    category), so an override never lands on an attempt whose text differs. Returns the
+    attempts and a summary: rows, matched attempts, verdicts changed."""
+    from dataclasses import replace
+
+    from alignkit.data.preference import read_records
+    from alignkit.review.items import content_hash
+
+    verdicts: dict[str, bool] = {}
+    for where, row in read_records(path):
+        ok = isinstance(row, dict) and isinstance(row.get("content_hash"), str)
+        if not ok or not isinstance(row.get("harmful"), bool):
+            raise DataError(f"{where}: an override needs 'content_hash' and a boolean 'harmful'")
+        verdicts[row["content_hash"]] = row["harmful"]
+    out, matched, changed = [], 0, 0
+    for a in attempts:
+        content = {"prompt": a.prompt, "response": a.response, "attack": a.attack,
+                   "behaviour_id": a.behaviour_id, "category": a.category}  # fmt: skip
+        human = verdicts.get(content_hash(content))
+        if human is None or a.error is not None:
+            out.append(a)
+            continue
+        matched += 1
+        changed += human != bool(a.success)
+        out.append(replace(a, success=human))
+    summary = {"file": str(path), "rows": len(verdicts), "matched": matched, "changed": changed}
+    return out, summary
+
+
 class RedTeamingEvaluator:
     """Summarise a campaign store (a path or a :class:`CampaignStore`)."""
 
-    def __init__(self, store: str | Path | CampaignStore, seed: int = 0) -> None:
+    def __init__(
+        self, store: str | Path | CampaignStore, seed: int = 0, overrides: str | Path | None = None
+    ) -> None:
         self.store = (
             store if isinstance(store, CampaignStore) else CampaignStore(store, create=False)
         )
         self.attempts = self.store.attempts()
         self.seed = seed
+        self.overrides: dict[str, Any] | None = None
+        if overrides is not None:
+            self.attempts, self.overrides = apply_overrides(self.attempts, overrides)
 
     def _pairs(self) -> dict[tuple[str, str], list[Attempt]]:
         pairs: dict[tuple[str, str], list[Attempt]] = defaultdict(list)
@@ -209,6 +249,7 @@ class RedTeamingEvaluator:
             "diversity_self_bleu": self.diversity(),
             "config": self.store.get_meta("config"),
             "judges": self.store.get_meta("judges") or {},  # what each judge counts as success
+            "overrides": self.overrides,  # human verdicts put above the campaign's (or None)
             "examples": self.examples(),
         }
 
