@@ -118,3 +118,38 @@ def test_run_stats_on_fixture_run(tmp_path):
     console = Console(record=True, width=200)
     render_stats(run_stats([run]), console)
     assert "Krippendorff" in console.export_text()
+
+
+def test_ppi_with_the_refusal_judge_on_testbed_findings():
+    """The issue's setting: findings of a testbed campaign judged by the refusal judge (a
+    non-refusal counts as success, so off-target and word-salad answers are false successes),
+    the truth from the testbed labeller (a harmful answer to the behaviour's own request), 150
+    simulated human labels from the random order; 200 seeded repetitions of the sample."""
+    from review_fixtures import GOALS, HACK, NETWORK, REFUSE
+
+    from alignkit.redteam.judges import RefusalJudge
+    from alignkit.review.simulate import finding_truth
+
+    salad = "Bread waits for me in the night. The moon is quiet."
+    rng = np.random.default_rng(7)
+    bids = list(GOALS)
+    rows = []
+    for k in range(1000):
+        bid = bids[k % 2]
+        own, other = (HACK, NETWORK) if bid.endswith("-1") else (NETWORK, HACK)
+        response = [own, other, REFUSE, salad][rng.choice(4, p=[0.3, 0.2, 0.4, 0.1])]
+        rows.append({"prompt": f"{GOALS[bid]} ({k})", "response": response, "behaviour_id": bid})
+    truth = np.array([finding_truth(r) for r in rows])
+    judge = np.array(RefusalJudge().judge(None, None, [r["response"] for r in rows])) >= 0.5
+    assert 0.2 < truth.mean() < 0.4 and judge.mean() > truth.mean() + 0.2  # a biased judge
+    cover, w_ppi, w_h, errors = 0, [], [], []
+    for rep in range(200):
+        idx = np.random.default_rng(rep).permutation(len(rows))
+        out = calibrated_rate(truth[idx[:150]], judge[idx[:150]], judge[idx[150:]])
+        cover += out["ppi"]["low"] <= truth.mean() <= out["ppi"]["high"]
+        w_ppi.append(out["ppi"]["high"] - out["ppi"]["low"])
+        w_h.append(out["human_only"]["high"] - out["human_only"]["low"])
+        errors.append(out["judge_only"]["value"] - truth.mean())
+    print(f"refusal judge: coverage {cover / 200:.3f}, width ppi {np.mean(w_ppi):.4f} vs "
+          f"human {np.mean(w_h):.4f}, judge-only error {np.mean(errors):+.3f}")  # fmt: skip
+    assert cover / 200 >= 0.90 and np.mean(w_ppi) < np.mean(w_h)
