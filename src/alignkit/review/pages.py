@@ -87,11 +87,9 @@ async def index(request: Request) -> Response:
     if sess is None:
         return RedirectResponse("/login", status_code=303)
     st = request.app.state.review
-    done = st.done(sess["reviewer"])
     rows = []
     for (kind, order), items in st.queues.items():
-        qs = set(QUESTIONS[kind])
-        n = sum(1 for i in items if qs <= done.get(i.id, set()))
+        n = st.n_done(kind, sess["reviewer"])
         rows.append({"kind": kind, "order": order, "total": len(items), "done": n})
     return _render(
         request,
@@ -113,14 +111,12 @@ async def label_page(request: Request) -> Response:
         return PlainTextResponse("no such queue", status_code=404)
     items = st.queues[(kind, order)]
     reviewer = sess["reviewer"]
-    done = st.done(reviewer)
-    qs = set(QUESTIONS[kind])
     pos_s = request.query_params.get("i")
     if pos_s is not None and pos_s.isdigit():
         pos = min(int(pos_s), len(items) - 1)
     else:
-        pos = next((k for k, i in enumerate(items) if not qs <= done.get(i.id, set())), len(items))
-    n_done = sum(1 for i in items if qs <= done.get(i.id, set()))
+        pos = next((k for k, i in enumerate(items) if not st.finished(i, reviewer)), len(items))
+    n_done = st.n_done(kind, reviewer)
     if pos >= len(items):
         return _render(
             request,
@@ -132,8 +128,8 @@ async def label_page(request: Request) -> Response:
             sess=sess,
         )
     item = items[pos]
-    current = {r["question"]: r["value"] for r in st.labels(reviewer) if r["item_id"] == item.id}
-    answered = qs <= set(current)
+    current = dict(st.done(reviewer).get(item.id, {}))
+    answered = set(QUESTIONS[kind]) <= set(current)
     view = public(item, reviewer, st.stores[item.run], answered)
     return _render(
         request,
@@ -187,7 +183,7 @@ async def label_post(request: Request) -> Response:
         return PlainTextResponse(exc.message, status_code=422)
     pos = form.get("pos", "0")
     pos = int(pos) if pos.isdigit() else 0
-    done = st.done(sess["reviewer"]).get(item.id, set())
+    done = set(st.done(sess["reviewer"]).get(item.id, ()))
     # pairs stay on the item once answered so the AI label is revealed; n moves on
     stay = data["value"] is None or kind == "pair" or not set(QUESTIONS[kind]) <= done
     nxt = pos if stay else pos + 1

@@ -51,6 +51,7 @@ class _State:
             if of_kind:
                 for order in ORDERS:
                     self.queues[(kind, order)] = queue(of_kind, order, seed=seed)
+        self._done: dict[str, dict[str, dict[str, str]]] = {}
         self.sessions: dict[str, dict] = {}
         self.started: dict[str, float] = {}
 
@@ -67,17 +68,46 @@ class _State:
             out += [r for r in store.labels(reviewer=reviewer) if r["item_id"] in self.by_id]
         return out
 
-    def done(self, reviewer: str) -> dict[str, set]:
-        """item id -> set of answered questions, for this reviewer."""
-        out: dict[str, set] = {}
-        for r in self.labels(reviewer):
-            out.setdefault(r["item_id"], set()).add(r["question"])
-        return out
+    def done(self, reviewer: str) -> dict[str, dict[str, str]]:
+        """item id -> {question: current answer} for this reviewer: read from the stores once,
+        then kept current by :meth:`record` (labels written through this server), so a request
+        costs what the reviewer's labels cost, not what the queue's 100,000 items cost."""
+        if reviewer not in self._done:
+            current: dict[str, dict[str, str]] = {}
+            for r in self.labels(reviewer):
+                current.setdefault(r["item_id"], {})[r["question"]] = r["value"]
+            self._done[reviewer] = current
+        return self._done[reviewer]
 
-    def pending(self, kind: str, order: str, reviewer: str) -> list[Item]:
-        done = self.done(reviewer)
-        qs = set(QUESTIONS[kind])
-        return [i for i in self.queues[(kind, order)] if not qs <= done.get(i.id, set())]
+    def record(self, row: dict) -> None:
+        """Apply a stored label row (an answer, or an undo with value None) to the cache."""
+        answers = self.done(row["reviewer"]).setdefault(row["item_id"], {})
+        if row["value"] is None:
+            answers.pop(row["question"], None)
+        else:
+            answers[row["question"]] = row["value"]
+
+    def finished(self, item: Item, reviewer: str) -> bool:
+        """Every question of the item answered by this reviewer."""
+        return set(QUESTIONS[item.kind]) <= set(self.done(reviewer).get(item.id, ()))
+
+    def n_done(self, kind: str, reviewer: str) -> int:
+        """Items of ``kind`` this reviewer has finished (the same in every order of a kind)."""
+        return sum(
+            1
+            for item_id in self.done(reviewer)
+            if self.by_id[item_id].kind == kind and self.finished(self.by_id[item_id], reviewer)
+        )
+
+    def pending(self, kind: str, order: str, reviewer: str, limit: int | None = None) -> list:
+        """The queue's items this reviewer has not finished, in order (the first ``limit``)."""
+        out = []
+        for item in self.queues[(kind, order)]:
+            if not self.finished(item, reviewer):
+                out.append(item)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
 
 class _Headers:
@@ -170,7 +200,7 @@ def store_label(st: _State, reviewer: str, data: dict) -> dict:
     key = data.get("idempotency_key")
     if key is not None and len(key) > 200:
         raise DataError("label idempotency_key: longer than 200 characters")
-    return st.stores[item.run].add_label(
+    row = st.stores[item.run].add_label(
         item,
         reviewer,
         data.get("question") or "",
@@ -179,6 +209,8 @@ def store_label(st: _State, reviewer: str, data: dict) -> dict:
         extra=extra,
         idempotency_key=key,
     )
+    st.record(row)
+    return row
 
 
 async def api_queues(request: Request) -> Response:
@@ -186,11 +218,9 @@ async def api_queues(request: Request) -> Response:
     if reviewer is None:
         return _error(401, "missing or unknown bearer token")
     st = request.app.state.review
-    done = st.done(reviewer)
     out = []
     for (kind, order), items in st.queues.items():
-        qs = set(QUESTIONS[kind])
-        n = sum(1 for i in items if qs <= done.get(i.id, set()))
+        n = st.n_done(kind, reviewer)
         out.append({"kind": kind, "order": order, "total": len(items), "done": n})
     return JSONResponse({"reviewer": reviewer, "queues": out})
 
@@ -207,7 +237,7 @@ async def api_next(request: Request) -> Response:
         n = max(1, min(100, int(request.query_params.get("n", "10"))))
     except ValueError:
         return _error(422, "n: not an integer")
-    items = st.pending(kind, order, reviewer)[:n]
+    items = st.pending(kind, order, reviewer, limit=n)
     return JSONResponse({"items": [public(i, reviewer, st.stores[i.run], False) for i in items]})
 
 
