@@ -153,3 +153,26 @@ def test_ppi_with_the_refusal_judge_on_testbed_findings():
     print(f"refusal judge: coverage {cover / 200:.3f}, width ppi {np.mean(w_ppi):.4f} vs "
           f"human {np.mean(w_h):.4f}, judge-only error {np.mean(errors):+.3f}")  # fmt: skip
     assert cover / 200 >= 0.90 and np.mean(w_ppi) < np.mean(w_h)
+
+
+def test_ppi_population_keeps_items_labelled_from_other_queues(tmp_path):
+    """Labels from the disagreement queue are not part of PPI's random sample, and their items
+    stay in its unlabelled population (dropping them would remove particular items from it);
+    a run without a labels database is read without creating one."""
+    from review_fixtures import make_run
+
+    from alignkit.review.items import load_items, queue
+    from alignkit.review.stats import run_stats
+    from alignkit.review.store import LabelStore
+
+    run = make_run(tmp_path)
+    assert run_stats([run])["findings"]["n_labelled"] == 0
+    assert not (run / "review" / "labels.sqlite").exists()
+    findings = [i for i in queue(load_items([run])) if i.kind == "finding"]
+    store = LabelStore(run)
+    for k, item in enumerate(findings[:8]):
+        value = "harmful" if item.judges["success"] else "not_harmful"
+        store.add_label(item, "ann", "harmful", value, queue="random" if k < 5 else "disagreement")
+    store.close()
+    ppi = run_stats([run])["findings"]["calibrated_asr"]["ppi"]
+    assert ppi["n"] == 5 and ppi["n_unlabelled"] == len(findings) - 5

@@ -161,6 +161,23 @@ def _majority(votes: list[bool]) -> bool | None:
     return None if 2 * yes == len(votes) else 2 * yes > len(votes)
 
 
+def _current_labels(run_dirs: Sequence[Any]) -> list[dict]:
+    """Current labels of every run that has a labels database (none is created)."""
+    from pathlib import Path
+
+    from alignkit.review.store import LabelStore
+
+    out: list[dict] = []
+    for run in run_dirs:
+        if (Path(run) / "review" / "labels.sqlite").is_file():
+            store = LabelStore(Path(run), create=False)
+            try:
+                out += store.labels()
+            finally:
+                store.close()
+    return out
+
+
 def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     """Findings statistics of reviewed runs: judges vs humans, reviewer alpha, calibrated ASR.
 
@@ -172,22 +189,20 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     from pathlib import Path
 
     from alignkit.review.items import load_items
-    from alignkit.review.store import LabelStore
 
     items = {it.id: it for it in load_items([Path(r) for r in run_dirs])}
     votes: dict[str, dict[str, bool]] = {}
     random_ids: set[str] = set()
     unsure = 0
-    for run in run_dirs:
-        for lab in LabelStore(Path(run)).labels():
-            if lab["kind"] != "finding" or lab["question"] != "harmful":
-                continue
-            if lab["value"] == "unsure":
-                unsure += 1
-                continue
-            votes.setdefault(lab["item_id"], {})[lab["reviewer"]] = lab["value"] == "harmful"
-            if lab["queue"] == "random":
-                random_ids.add(lab["item_id"])
+    for lab in _current_labels(run_dirs):
+        if lab["kind"] != "finding" or lab["question"] != "harmful":
+            continue
+        if lab["value"] == "unsure":
+            unsure += 1
+            continue
+        votes.setdefault(lab["item_id"], {})[lab["reviewer"]] = lab["value"] == "harmful"
+        if lab["queue"] == "random":
+            random_ids.add(lab["item_id"])
     human: dict[str, bool] = {}
     ties = 0
     for iid, v in votes.items():
@@ -217,7 +232,8 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     }
     if "success" in judges:
         lab_ids = [i for i in ids if i in random_ids]
-        unl = [it for it in findings if it.id not in human]
+        sampled = set(lab_ids)  # items labelled from other queues count as unlabelled here
+        unl = [it for it in findings if it.id not in sampled]
         out["findings"]["calibrated_asr"] = calibrated_rate(
             [human[i] for i in lab_ids],
             [float(bool(items[i].judges.get("success"))) for i in lab_ids],
@@ -236,23 +252,19 @@ def _pair_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str, 
 
     tie/both_bad are counted apart; position bias = share of "a" among a/b answers.
     """
-    from pathlib import Path
-
-    from alignkit.review.store import LabelStore
 
     ai, hum, a_ans = [], [], []
     apart = {"tie": 0, "both_bad": 0}
-    for run in run_dirs:
-        for lab in LabelStore(Path(run)).labels():
-            if lab["kind"] != "pair" or lab["item_id"] not in items:
-                continue
-            if lab["value"] in apart:
-                apart[lab["value"]] += 1
-                continue
-            order = lab["extra"].get("order", "ab")
-            a_ans.append(float(lab["value"] == "a"))
-            hum.append((lab["value"] == "a") == (order == "ab"))  # True = human picks chosen
-            ai.append(float(items[lab["item_id"]].judges.get("ai", 1.0)) >= 0.5)
+    for lab in _current_labels(run_dirs):
+        if lab["kind"] != "pair" or lab["item_id"] not in items:
+            continue
+        if lab["value"] in apart:
+            apart[lab["value"]] += 1
+            continue
+        order = lab["extra"].get("order", "ab")
+        a_ans.append(float(lab["value"] == "a"))
+        hum.append((lab["value"] == "a") == (order == "ab"))  # True = human picks chosen
+        ai.append(float(items[lab["item_id"]].judges.get("ai", 1.0)) >= 0.5)
     return {
         "n": len(hum),
         "ai_vs_human": judge_vs_human(ai, hum),
