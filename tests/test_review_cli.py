@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
+import pytest
 from review_fixtures import make_run
 from typer.testing import CliRunner
 
@@ -142,6 +143,13 @@ def test_cli_stats_judges_against_simulated_people(tmp_path):
     assert testbed["accuracy"]["low"] < 1.0  # 20/20 keeps an interval below 1
     ppi = findings["calibrated_asr"]["ppi"]
     assert ppi["n"] == 20 and ppi["low"] <= findings["human_rate"]["value"] <= ppi["high"]
+    harmless = data["samples"]["harmless"]  # 7 samples; 3 distinct harmful-prompt answers
+    refusal, testbed = (harmless["scorers"][k] for k in ("refusal/harmless", "testbed/harmless"))
+    assert harmless["n"] == 7 and testbed["n"] == refusal["n"] == 3
+    assert testbed["accuracy"]["value"] == 1.0  # the testbed scorer is the truth here
+    # the refusal scorer calls both compliant answers harmless: right on 1 of 3
+    assert refusal["accuracy"]["value"] == pytest.approx(1 / 3)
+    assert "Evaluation samples" in shown.output
     assert invoke("stats", tmp_path / "missing").exit_code == 2
 
 

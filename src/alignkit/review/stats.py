@@ -184,7 +184,7 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     Human "harmful" = True, "not_harmful" = False, "unsure" dropped and counted. Several
     reviewers on one item: majority (ties dropped, counted). PPI uses only labels from the
     "random" queue (a probability sample); disagreement/critical queues would bias it.
-    Pairs and samples are not covered yet.
+    Pairs (:func:`_pair_stats`) and evaluation samples (:func:`_sample_stats`) beside.
     """
     from pathlib import Path
 
@@ -244,6 +244,41 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
             "the disagreement/critical queues are not random and would bias it"
         )
     out["pairs"] = _pair_stats(items, run_dirs)
+    out["samples"] = _sample_stats(items, run_dirs)
+    return out
+
+
+def _sample_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str, Any]:
+    """Per question (helpful / harmless / honest): the people's "yes" rate and every scorer
+    dimension of that name (score >= 0.5 = yes) against them; "unsure" dropped and counted,
+    several reviewers of an item by majority (ties dropped)."""
+    votes: dict[str, dict[str, dict[str, bool]]] = {}
+    unsure: dict[str, int] = {}
+    for lab in _current_labels(run_dirs):
+        if lab["kind"] != "sample" or lab["item_id"] not in items:
+            continue
+        if lab["value"] == "unsure":
+            unsure[lab["question"]] = unsure.get(lab["question"], 0) + 1
+            continue
+        per_item = votes.setdefault(lab["question"], {}).setdefault(lab["item_id"], {})
+        per_item[lab["reviewer"]] = lab["value"] == "yes"
+    out: dict[str, Any] = {}
+    for question, by_item in sorted(votes.items()):
+        human = {i: m for i, v in by_item.items() if (m := _majority(list(v.values()))) is not None}
+        ids = list(human)
+        keys = sorted({k for i in ids for k in items[i].judges if k.rsplit("/", 1)[-1] == question})
+        scorers = {}
+        for key in keys:
+            verdicts = [items[i].judges.get(key) for i in ids]
+            as_bool = [None if v is None else float(v) >= 0.5 for v in verdicts]
+            scorers[key] = judge_vs_human(as_bool, [human[i] for i in ids])
+        out[question] = {
+            "n": len(ids),
+            "human_yes": _prop([float(human[i]) for i in ids]),
+            "unsure_dropped": unsure.get(question, 0),
+            "ties_dropped": len(by_item) - len(ids),
+            "scorers": scorers,
+        }
     return out
 
 
@@ -294,6 +329,27 @@ def render_stats(stats: Mapping[str, Any], console: Any) -> None:
     p = stats.get("pairs")
     if p and p.get("n"):
         _render_pairs(p, console)
+    if stats.get("samples"):
+        _render_samples(stats["samples"], console)
+
+
+def _render_samples(samples: Mapping[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title="Evaluation samples: scorers against the people (score >= 0.5 = yes)")
+    for col in ("question", "people say yes", "scorer", "agreement", "kappa"):
+        t.add_column(col)
+    for question, q in samples.items():
+        rows = list(q["scorers"].items()) or [("-", None)]
+        for k, (key, r) in enumerate(rows):
+            t.add_row(
+                question if k == 0 else "",
+                _fmt(q["human_yes"]) if k == 0 else "",
+                key,
+                _fmt(r["accuracy"]) if r else "-",
+                _fmt(r["kappa"]) if r else "-",
+            )
+    console.print(t)
 
 
 def _render_pairs(p: Mapping[str, Any], console: Any) -> None:
