@@ -85,7 +85,7 @@ def test_the_constraint_is_met_where_plain_dpo_misses_it(tmp_path):
     below plain DPO's, at a small cost in benign helpfulness."""
     from alignkit.evaluation.alignment import AlignmentEvaluator
 
-    # threshold 0.5: the relabelling saturates at lambda ~0.64 (all 168 harmful-compliance wins
+    # threshold 0.5: the relabelling saturates at lambda ~0.44 (all 168 harmful-compliance wins
     # flipped); ground truth then reads 0.34-0.39 of 100 and no larger lambda relabels another
     # harmful pair
     common = {"learning_rate": 5e-4, "epochs": 2, "device": "cpu", "eval_n": 50, "threshold": 0.5}
