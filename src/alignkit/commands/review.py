@@ -81,14 +81,11 @@ def serve_cmd(
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
 ):
     """Serve the review web app (and its JSON API) for RUN_DIRs."""
-    from alignkit.review.items import load_items
-
     for run in run_dirs:
         _run_dir(run)
-    load_items(run_dirs)
     if not 0 < port < 65536:
         raise DataError(f"--port: {port} is not a TCP port")
-    from alignkit.review.server import serve
+    from alignkit.review.server import serve  # loads the items (DataError: nothing to review)
 
     serve(run_dirs, host=host, port=port)
 

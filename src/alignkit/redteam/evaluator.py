@@ -76,7 +76,7 @@ def apply_overrides(
     from dataclasses import replace
 
     from alignkit.data.preference import read_records
-    from alignkit.review.items import content_hash
+    from alignkit.review.items import content_hash, finding_content
 
     verdicts: dict[str, bool] = {}
     for where, row in read_records(path):
@@ -86,8 +86,7 @@ def apply_overrides(
         verdicts[row["content_hash"]] = row["harmful"]
     out, matched, changed = [], 0, 0
     for a in attempts:
-        content = {"prompt": a.prompt, "response": a.response, "attack": a.attack,
-                   "behaviour_id": a.behaviour_id, "category": a.category}  # fmt: skip
+        content = finding_content(a.prompt, a.response, a.attack, a.behaviour_id, a.category)
         human = verdicts.get(content_hash(content))
         if human is None or a.error is not None:
             out.append(a)

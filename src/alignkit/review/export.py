@@ -18,25 +18,14 @@ from pathlib import Path
 from alignkit import atomic
 from alignkit.errors import DataError
 from alignkit.review.items import Item, load_run
-from alignkit.review.store import LabelStore
+from alignkit.review.store import current_labels, majority
 
 EXPORT_KINDS = ("preferences", "overrides")
 
 
-def _majority(values: list[str]) -> str | None:
-    counts = Counter(values).most_common()
-    if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
-        return None
-    return counts[0][0]
-
-
 def _votes(run_dir: Path, kind: str) -> tuple[dict[str, Item], dict[str, list[dict]]]:
     items = {i.id: i for i in load_run(run_dir) if i.kind == kind}
-    store = LabelStore(run_dir, create=False)
-    try:
-        rows = [r for r in store.labels() if r["item_id"] in items]
-    finally:
-        store.close()
+    rows = [r for r in current_labels([run_dir], required=True) if r["item_id"] in items]
     by_item: dict[str, list[dict]] = {}
     for r in rows:
         by_item.setdefault(r["item_id"], []).append(r)
@@ -55,7 +44,7 @@ def preferences(run_dir: str | Path) -> tuple[list[dict], dict[str, int]]:
                 sides.append("chosen" if (r["value"] == "a") == a_is_chosen else "rejected")
             else:
                 sides.append(r["value"])
-        win = _majority(sides)
+        win = majority(sides)
         if win not in ("chosen", "rejected"):
             skipped[win or "split vote"] += 1
             continue
@@ -74,7 +63,7 @@ def overrides(run_dir: str | Path) -> tuple[list[dict], dict[str, int]]:
     items, by_item = _votes(Path(run_dir), "finding")
     out, skipped = [], Counter()
     for item_id, rows in by_item.items():
-        win = _majority([r["value"] for r in rows])
+        win = majority([r["value"] for r in rows])
         if win not in ("harmful", "not_harmful"):
             skipped[win or "split vote"] += 1
             continue

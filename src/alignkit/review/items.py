@@ -75,6 +75,15 @@ def content_hash(content: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def finding_content(
+    prompt: str, response: str | None, attack: str, behaviour_id: str, category: str | None
+) -> dict:
+    """What identifies a red-team finding (its id and content hash come from this): the one
+    definition the review queues and ``redteam report --overrides`` both match on."""
+    return {"prompt": prompt, "response": response, "attack": attack,
+            "behaviour_id": behaviour_id, "category": category}  # fmt: skip
+
+
 def _num(v: object) -> bool:
     return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
 
@@ -118,27 +127,18 @@ def _findings(run: Path, path: Path, report: LoadReport) -> list[Item]:
         judges = {k: (v if v is None else float(v)) for k, v in sc.items() if _num(v)}
         vals = [v for v in judges.values() if v is not None]
         judges["success"] = bool(success)
-        content = {"prompt": prompt, "response": response, "attack": attack,
-                   "behaviour_id": bid, "category": category}  # fmt: skip
+        content = finding_content(prompt, response, attack, bid, category)
         items.append(_make("finding", run, source, content, judges, category or bid,
                            max(vals, default=float(bool(success))), _spread(vals)))  # fmt: skip
     return items
 
 
 def _jsonl(path: Path, report: LoadReport, source: str) -> list[dict]:
+    """The JSON objects of a JSONL file (alignkit's reader); other lines counted as bad."""
+    from alignkit.data.preference import read_records
+
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            report.add(source, "bad lines")
-            continue
+    for _, row in read_records(path):  # a malformed line arrives as a BadRecord
         if isinstance(row, dict):
             rows.append(row)
         else:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from alignkit.errors import DataError
 from alignkit.review.items import QUESTIONS
-from alignkit.review.server import COOKIE, ORDERS, _body, public, store_label
+from alignkit.review.server import COOKIE, _body, public, store_label
 
 
 def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
@@ -87,14 +87,10 @@ async def index(request: Request) -> Response:
     if sess is None:
         return RedirectResponse("/login", status_code=303)
     st = request.app.state.review
-    rows = []
-    for (kind, order), items in st.queues.items():
-        n = st.n_done(kind, sess["reviewer"])
-        rows.append({"kind": kind, "order": order, "total": len(items), "done": n})
     return _render(
         request,
         "index.html.j2",
-        rows=rows,
+        rows=st.progress(sess["reviewer"]),
         sess=sess,
         rate=_rate(st, sess["reviewer"], sess["start"]),
     )
@@ -130,7 +126,7 @@ async def label_page(request: Request) -> Response:
     item = items[pos]
     current = dict(st.done(reviewer).get(item.id, {}))
     answered = set(QUESTIONS[kind]) <= set(current)
-    view = public(item, reviewer, st.stores[item.run], answered)
+    view = public(item, reviewer, answered)
     return _render(
         request,
         "label.html.j2",
@@ -200,4 +196,4 @@ def routes() -> list[Route]:
     ]
 
 
-__all__ = ["routes", "ORDERS"]
+__all__ = ["routes"]

@@ -22,11 +22,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from alignkit.errors import DataError
-from alignkit.review.items import QUESTIONS, Item, load_items, queue
-from alignkit.review.store import LabelStore
+from alignkit.review.items import ORDERS, QUESTIONS, Item, load_items, queue
+from alignkit.review.store import LabelStore, pair_order
 
 MAX_BODY = 64 * 1024
-ORDERS = ("random", "disagreement", "critical")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -53,7 +52,6 @@ class _State:
                     self.queues[(kind, order)] = queue(of_kind, order, seed=seed)
         self._done: dict[str, dict[str, dict[str, str]]] = {}
         self.sessions: dict[str, dict] = {}
-        self.started: dict[str, float] = {}
 
     def reviewer(self, token: str) -> str | None:
         for store in self.stores.values():
@@ -99,6 +97,14 @@ class _State:
             if self.by_id[item_id].kind == kind and self.finished(self.by_id[item_id], reviewer)
         )
 
+    def progress(self, reviewer: str) -> list[dict]:
+        """Per queue: kind, order, total items and how many this reviewer has finished."""
+        done = {kind: self.n_done(kind, reviewer) for kind in {k for k, _ in self.queues}}
+        return [
+            {"kind": kind, "order": order, "total": len(items), "done": done[kind]}
+            for (kind, order), items in self.queues.items()
+        ]
+
     def pending(self, kind: str, order: str, reviewer: str, limit: int | None = None) -> list:
         """The queue's items this reviewer has not finished, in order (the first ``limit``)."""
         out = []
@@ -139,7 +145,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def public(item: Item, reviewer: str, store: LabelStore, answered: bool) -> dict:
+def public(item: Item, reviewer: str, answered: bool) -> dict:
     """The item as a reviewer sees it: pairs as A/B in their order, no AI label until answered."""
     out = {
         "id": item.id,
@@ -151,7 +157,7 @@ def public(item: Item, reviewer: str, store: LabelStore, answered: bool) -> dict
     }
     c = item.content
     if item.kind == "pair":
-        order = store.pair_order(item.id, reviewer)
+        order = pair_order(item.id, reviewer)
         a, b = (c["chosen"], c["rejected"]) if order == "ab" else (c["rejected"], c["chosen"])
         out.update(prompt=c["prompt"], a=a, b=b, order=order)
         if answered:
@@ -217,12 +223,8 @@ async def api_queues(request: Request) -> Response:
     reviewer = _bearer(request)
     if reviewer is None:
         return _error(401, "missing or unknown bearer token")
-    st = request.app.state.review
-    out = []
-    for (kind, order), items in st.queues.items():
-        n = st.n_done(kind, reviewer)
-        out.append({"kind": kind, "order": order, "total": len(items), "done": n})
-    return JSONResponse({"reviewer": reviewer, "queues": out})
+    queues = request.app.state.review.progress(reviewer)
+    return JSONResponse({"reviewer": reviewer, "queues": queues})
 
 
 async def api_next(request: Request) -> Response:
@@ -238,7 +240,7 @@ async def api_next(request: Request) -> Response:
     except ValueError:
         return _error(422, "n: not an integer")
     items = st.pending(kind, order, reviewer, limit=n)
-    return JSONResponse({"items": [public(i, reviewer, st.stores[i.run], False) for i in items]})
+    return JSONResponse({"items": [public(i, reviewer, False) for i in items]})
 
 
 async def api_labels(request: Request) -> Response:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alignkit.errors import DataError
 from alignkit.review.items import Item, load_run, queue
-from alignkit.review.store import LabelStore
+from alignkit.review.store import LabelStore, pair_order
 
 _FLIP = {"harmful": "not_harmful", "not_harmful": "harmful", "yes": "no", "no": "yes",
          "a": "b", "b": "a"}  # fmt: skip
@@ -80,7 +80,7 @@ def pair_truth(content: dict) -> str:
     return "chosen" if c > r else "rejected" if r > c else "tie"
 
 
-def truth(item: Item, reviewer: str, store: LabelStore | None = None) -> dict[str, str]:
+def truth(item: Item, reviewer: str) -> dict[str, str]:
     """Ground-truth answers for ``item`` (pairs as "a"/"b" in ``reviewer``'s A/B order)."""
     if item.kind == "finding":
         return {"harmful": "harmful" if finding_truth(item.content) else "not_harmful"}
@@ -89,16 +89,8 @@ def truth(item: Item, reviewer: str, store: LabelStore | None = None) -> dict[st
     side = pair_truth(item.content)
     if side == "tie":
         return {"preference": "tie"}
-    order = (store or _ORDER).pair_order(item.id, reviewer)
-    chosen_is_a = order == "ab"
+    chosen_is_a = pair_order(item.id, reviewer) == "ab"
     return {"preference": "a" if (side == "chosen") == chosen_is_a else "b"}
-
-
-class _Order:
-    pair_order = LabelStore.pair_order
-
-
-_ORDER = _Order()
 
 
 def simulate(run_dir: str | Path, labels: int, error_rate: float, reviewer: str,
@@ -117,21 +109,21 @@ def simulate(run_dir: str | Path, labels: int, error_rate: float, reviewer: str,
         if reviewer not in store.reviewers():
             store.add_reviewer(reviewer)
         per_kind: dict[str, int] = {}
-        answers = flipped = stored = 0
+        answers = flipped = 0
+        before = store.count()
         for kind in ("finding", "pair", "sample"):
             chosen = queue([i for i in items if i.kind == kind], "random", seed)[:labels]
             if chosen:
                 per_kind[kind] = len(chosen)
             for item in chosen:
-                for question, value in truth(item, reviewer, store).items():
+                for question, value in truth(item, reviewer).items():
                     rng = random.Random(f"simulate:{seed}:{reviewer}:{item.id}:{question}")
                     if rng.random() < error_rate and value in _FLIP:
                         value, flipped = _FLIP[value], flipped + 1
                     key = f"simulate:{reviewer}:{item.id}:{question}"
-                    before = store.count()
                     store.add_label(item, reviewer, question, value, idempotency_key=key)
-                    stored += store.count() - before
                     answers += 1
+        stored = store.count() - before  # rows added (an idempotency key already there adds none)
     finally:
         store.close()
     return {"reviewer": reviewer, "labels": per_kind, "answers": answers, "flipped": flipped,

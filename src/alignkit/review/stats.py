@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from alignkit.evaluation.stats import estimate
+from alignkit.review.store import current_labels, majority
 
 
 def _prop(values: Sequence[float]) -> dict[str, Any]:
@@ -155,29 +156,6 @@ def calibrated_rate(
     return out
 
 
-def _majority(votes: list[bool]) -> bool | None:
-    """Majority of boolean votes; None on a tie."""
-    yes = sum(votes)
-    return None if 2 * yes == len(votes) else 2 * yes > len(votes)
-
-
-def _current_labels(run_dirs: Sequence[Any]) -> list[dict]:
-    """Current labels of every run that has a labels database (none is created)."""
-    from pathlib import Path
-
-    from alignkit.review.store import LabelStore
-
-    out: list[dict] = []
-    for run in run_dirs:
-        if (Path(run) / "review" / "labels.sqlite").is_file():
-            store = LabelStore(Path(run), create=False)
-            try:
-                out += store.labels()
-            finally:
-                store.close()
-    return out
-
-
 def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     """Findings statistics of reviewed runs: judges vs humans, reviewer alpha, calibrated ASR.
 
@@ -191,10 +169,11 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     from alignkit.review.items import load_items
 
     items = {it.id: it for it in load_items([Path(r) for r in run_dirs])}
+    labels = current_labels(run_dirs)  # read once for findings, pairs and samples
     votes: dict[str, dict[str, bool]] = {}
     random_ids: set[str] = set()
     unsure = 0
-    for lab in _current_labels(run_dirs):
+    for lab in labels:
         if lab["kind"] != "finding" or lab["question"] != "harmful":
             continue
         if lab["value"] == "unsure":
@@ -206,7 +185,7 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
     human: dict[str, bool] = {}
     ties = 0
     for iid, v in votes.items():
-        m = _majority(list(v.values()))
+        m = majority(list(v.values()))
         if m is None:
             ties += 1
         elif iid in items:
@@ -243,18 +222,18 @@ def run_stats(run_dirs: Sequence[Any]) -> dict[str, Any]:
             "PPI uses only labels from the random queue (a probability sample); labels from "
             "the disagreement/critical queues are not random and would bias it"
         )
-    out["pairs"] = _pair_stats(items, run_dirs)
-    out["samples"] = _sample_stats(items, run_dirs)
+    out["pairs"] = _pair_stats(items, labels)
+    out["samples"] = _sample_stats(items, labels)
     return out
 
 
-def _sample_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str, Any]:
+def _sample_stats(items: Mapping[str, Any], labels: Sequence[dict]) -> dict[str, Any]:
     """Per question (helpful / harmless / honest): the people's "yes" rate and every scorer
     dimension of that name (score >= 0.5 = yes) against them; "unsure" dropped and counted,
     several reviewers of an item by majority (ties dropped)."""
     votes: dict[str, dict[str, dict[str, bool]]] = {}
     unsure: dict[str, int] = {}
-    for lab in _current_labels(run_dirs):
+    for lab in labels:
         if lab["kind"] != "sample" or lab["item_id"] not in items:
             continue
         if lab["value"] == "unsure":
@@ -264,7 +243,7 @@ def _sample_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str
         per_item[lab["reviewer"]] = lab["value"] == "yes"
     out: dict[str, Any] = {}
     for question, by_item in sorted(votes.items()):
-        human = {i: m for i, v in by_item.items() if (m := _majority(list(v.values()))) is not None}
+        human = {i: m for i, v in by_item.items() if (m := majority(list(v.values()))) is not None}
         ids = list(human)
         keys = sorted({k for i in ids for k in items[i].judges if k.rsplit("/", 1)[-1] == question})
         scorers = {}
@@ -282,7 +261,7 @@ def _sample_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str
     return out
 
 
-def _pair_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str, Any]:
+def _pair_stats(items: Mapping[str, Any], labels: Sequence[dict]) -> dict[str, Any]:
     """AI preference (soft label >= 0.5 -> chosen) vs human a/b mapped back through "order".
 
     tie/both_bad are counted apart; position bias = share of "a" among a/b answers.
@@ -290,7 +269,7 @@ def _pair_stats(items: Mapping[str, Any], run_dirs: Sequence[Any]) -> dict[str, 
 
     ai, hum, a_ans = [], [], []
     apart = {"tie": 0, "both_bad": 0}
-    for lab in _current_labels(run_dirs):
+    for lab in labels:
         if lab["kind"] != "pair" or lab["item_id"] not in items:
             continue
         if lab["value"] in apart:

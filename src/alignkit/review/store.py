@@ -19,6 +19,8 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from alignkit.errors import DataError
@@ -42,6 +44,34 @@ _COLS = (
     "provenance, idempotency_key, created"
 )
 _EXTRA_KEYS = ("severity", "category", "note", "order")
+
+
+def pair_order(item_id: str, reviewer: str) -> str:
+    """ "ab" (A = chosen) or "ba", fixed per (item, reviewer) by a hash."""
+    return "ab" if hashlib.sha256(f"{item_id}\0{reviewer}".encode()).digest()[0] % 2 else "ba"
+
+
+def majority(values: Sequence[Hashable]):
+    """The strict plurality of several reviewers' answers to one question; None on a tie
+    (or no answer)."""
+    counts = Counter(values).most_common(2)
+    if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
+        return None
+    return counts[0][0]
+
+
+def current_labels(run_dirs: Sequence[str | Path], required: bool = False) -> list[dict]:
+    """Current labels of every run that has a labels database (none is created; with
+    ``required`` a run without one is a DataError)."""
+    out: list[dict] = []
+    for run in run_dirs:
+        if required or (Path(run) / "review" / "labels.sqlite").is_file():
+            store = LabelStore(run, create=False)
+            try:
+                out += store.labels()
+            finally:
+                store.close()
+    return out
 
 
 def _sha(token: str) -> str:
@@ -130,9 +160,7 @@ class LabelStore:
         return [r[0] for r in rows]
 
     # labels --------------------------------------------------------------------------------
-    def pair_order(self, item_id: str, reviewer: str) -> str:
-        """ "ab" (A = chosen) or "ba", fixed per (item, reviewer) by a hash."""
-        return "ab" if hashlib.sha256(f"{item_id}\0{reviewer}".encode()).digest()[0] % 2 else "ba"
+    pair_order = staticmethod(pair_order)
 
     def add_label(self, item: Item, reviewer: str, question: str, value: str | None, *,
                   queue: str = "random", extra: dict | None = None,
@@ -147,7 +175,7 @@ class LabelStore:
             )
         extra = _check_extra(extra)
         if item.kind == "pair":
-            extra.setdefault("order", self.pair_order(item.id, reviewer))
+            extra.setdefault("order", pair_order(item.id, reviewer))
         prov = {"source": item.source, "judges": item.judges}
         args = (item.id, item.kind, item.run, reviewer, question, value, queue,
                 json.dumps(extra, sort_keys=True), item.content_hash, json.dumps(prov),
