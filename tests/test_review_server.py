@@ -168,3 +168,169 @@ def test_sample_page_asks_three_questions(setup):
     assert r.headers["location"].endswith("?i=0")  # two questions left: stay on the item
     r = client.post("/review/sample/critical/label", data=dict(form, question="kind"))
     assert r.status_code == 422
+
+
+class _Clock:
+    """A fake monotonic clock the tests step forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _label_form(client: TestClient, csrf: str) -> dict:
+    page = client.get("/review/finding/random?i=0")
+    item_id = re.search(r'name="item_id" value="([^"]+)"', page.text).group(1)
+    return {"csrf": csrf, "item_id": item_id, "question": "harmful", "value": "unsure", "pos": "0"}
+
+
+def test_session_idle_timeout_and_absolute_lifetime(setup):
+    *_, run = setup
+    token = setup[1]
+    clock = _Clock()
+    client = TestClient(create_app([run], session_idle=100, session_lifetime=250, clock=clock))
+    r = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert "max-age=250" in r.headers["set-cookie"].lower()  # the cookie lives as the session
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
+    form = _label_form(client, csrf)
+    clock.now += 99
+    assert client.get("/", follow_redirects=False).status_code == 200  # restarts the idle timer
+    clock.now += 99
+    assert client.get("/", follow_redirects=False).status_code == 200
+    clock.now += 100  # idle for the whole timeout: gone
+    r = client.post("/review/finding/random/label", data=form, follow_redirects=False)
+    assert r.status_code == 401
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "max-age=0" in r.headers["set-cookie"].lower()  # the dead cookie is cleared
+
+    csrf = _login(client, token)  # active every 90 s (within idle), but 250 s after login: gone
+    for _ in range(2):
+        clock.now += 90
+        assert client.get("/", follow_redirects=False).status_code == 200
+    clock.now += 90
+    assert client.get("/review/finding/random", follow_redirects=False).status_code == 303
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert len(client.app.state.sessions) == 0
+
+
+def test_logout_needs_csrf_and_ends_the_session(setup):
+    client, token, *_ = setup
+    r = client.post("/login", data={"token": token}, follow_redirects=False)
+    sid = r.cookies["alignkit_review"]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
+    form = _label_form(client, csrf)
+    assert client.post("/logout", data={"csrf": "bad"}).status_code == 403
+    assert client.get("/", follow_redirects=False).status_code == 200  # still logged in
+    r = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "max-age=0" in r.headers["set-cookie"].lower()
+    client.cookies.set("alignkit_review", sid)  # replaying the old cookie gets nothing
+    assert client.get("/", follow_redirects=False).status_code == 303
+    client.cookies.set("alignkit_review", sid)
+    r = client.post("/review/finding/random/label", data=form, follow_redirects=False)
+    assert r.status_code == 401
+    client.cookies.set("alignkit_review", sid)
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 401
+
+
+def test_failed_logins_limited_per_address(setup):
+    *_, run = setup
+    token = setup[1]
+    clock = _Clock()
+    app = create_app([run], failure_limit=3, failure_window=60, clock=clock)
+    client = TestClient(app)
+    for _ in range(5):  # successes are not counted
+        r = client.post("/login", data={"token": token}, follow_redirects=False)
+        assert r.status_code == 303
+    for _ in range(3):
+        clock.now += 20
+        assert client.post("/login", data={"token": "guess"}).status_code == 401
+    # failures at +20, +40, +60: blocked until +80, a right token too
+    r = client.post("/login", data={"token": "guess"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "20"
+    assert "Too many failed logins" in r.text
+    r = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert r.status_code == 429
+    other = TestClient(app, client=("10.0.0.2", 50000))  # another address is not affected
+    assert other.post("/login", data={"token": token}, follow_redirects=False).status_code == 303
+    assert client.get("/login").status_code == 200  # the form itself is still shown
+    clock.now += 19
+    assert client.post("/login", data={"token": token}).headers["retry-after"] == "1"
+    clock.now += 1  # the +20 failure leaves the 60 s window: one more try
+    assert client.post("/login", data={"token": "guess"}).status_code == 401
+    assert client.post("/login", data={"token": token}).status_code == 429
+    clock.now += 20
+    r = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert r.status_code == 303
+
+
+def test_failed_bearer_tokens_limited_per_address(setup):
+    *_, run = setup
+    token = setup[1]
+    clock = _Clock()
+    client = TestClient(create_app([run], failure_limit=3, failure_window=60, clock=clock))
+    for _ in range(5):
+        assert client.get("/api/queues", headers=_auth(token)).status_code == 200
+    assert client.get("/api/queues").status_code == 401  # no credential: not a guess
+    assert client.post("/login", data={"token": "guess"}).status_code == 401  # shared budget
+    for _ in range(2):
+        assert client.get("/api/queues", headers=_auth("guess")).status_code == 401
+    for headers in (_auth("guess"), _auth(token)):
+        r = client.get("/api/queues", headers=headers)
+        assert r.status_code == 429 and r.headers["retry-after"] == "60"
+        assert "too many failed token checks" in r.json()["error"]
+    r = client.post("/api/labels", json={}, headers={"Authorization": "Basic eDp5"})
+    assert r.status_code == 429
+    clock.now += 60
+    assert client.get("/api/queues", headers=_auth(token)).status_code == 200
+
+
+def test_labels_written_by_another_process_are_seen(setup):
+    client, token, *_, run = setup
+    h = _auth(token)
+    st = client.app.state.review
+
+    def pending() -> list[str]:
+        got = client.get("/api/queues/finding/random/next?n=100", headers=h).json()["items"]
+        return [i["id"] for i in got]
+
+    def n_done() -> int:
+        queues = client.get("/api/queues", headers=h).json()["queues"]
+        return next(q["done"] for q in queues if q == dict(q, kind="finding", order="random"))
+
+    ids = pending()  # ann's answers are now cached by the server
+    assert n_done() == 0
+    other = LabelStore(run)  # e.g. `alignkit review simulate` or a second server
+    item = st.by_id[ids[0]]
+    other.add_label(item, "ann", "harmful", "harmful")
+    other.add_label(st.by_id[ids[1]], "bob", "harmful", "harmful")  # someone else's: no effect
+    assert pending() == ids[1:] and n_done() == 1
+    csrf = _login(client, token)
+    page = client.get("/review/finding/random")  # the first unanswered item is the second one
+    assert re.search(r'name="item_id" value="([^"]+)"', page.text).group(1) == ids[1]
+    # interleaved: another process answers, then this server, then the other one retracts
+    other.add_label(st.by_id[ids[1]], "ann", "harmful", "unsure")
+    form = {"csrf": csrf, "item_id": ids[1], "question": "harmful", "value": "not_harmful"}
+    client.post("/review/finding/random/label", data=dict(form, pos="0"))
+    assert st.done("ann")[ids[1]] == {"harmful": "not_harmful"}
+    other.add_label(item, "ann", "harmful", None)
+    assert pending()[:2] == [ids[0], ids[2]] and n_done() == 1
+    assert st.done("ann")[ids[1]] == {"harmful": "not_harmful"}
+    other.close()
+
+
+def test_failure_table_stays_small():
+    from alignkit.review.sessions import FailureLimit
+
+    clock = _Clock()
+    limit = FailureLimit(limit=2, window=10, clock=clock, sweep_at=100)
+    for i in range(100):
+        limit.fail(f"10.0.{i // 256}.{i % 256}")
+    clock.now += 10  # every failure has aged out: the next new address sweeps them
+    limit.fail("192.0.2.1")
+    assert len(limit._failures) == 1 and limit.retry_after("10.0.0.1") == 0
+    limit.fail("192.0.2.1")
+    assert limit.retry_after("192.0.2.1") == 10

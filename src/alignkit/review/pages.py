@@ -1,7 +1,10 @@
 """Server-rendered review pages: login, queue index, one labelling page per item (issue 15).
 
 Session: a random id in memory (HttpOnly, SameSite=Strict cookie) mapped to the reviewer and a
-per-session CSRF token checked with ``hmac.compare_digest`` on every form POST.
+per-session CSRF token checked with ``hmac.compare_digest`` on every form POST. Sessions end
+after an idle timeout or an absolute lifetime (the cookie's Max-Age), or at logout; an ended
+session is treated as none. Failed logins count towards the client address's limit of failed
+token checks, after which the form answers 429.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from starlette.routing import Route
 from alignkit.errors import DataError
 from alignkit.review.items import QUESTIONS
 from alignkit.review.server import COOKIE, _body, public, store_label
+from alignkit.review.sessions import client_address
 
 
 def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
@@ -26,8 +30,21 @@ def _render(request: Request, name: str, status: int = 200, **ctx) -> HTMLRespon
 
 
 def _session(request: Request) -> dict | None:
-    sid = request.cookies.get(COOKIE, "")
-    return request.app.state.review.sessions.get(sid) if sid else None
+    """The request's live session (expired and unknown ids give None)."""
+    return request.app.state.sessions.get(request.cookies.get(COOKIE))
+
+
+def _cookie_args(request: Request) -> dict:
+    secure = request.url.scheme == "https"
+    return {"httponly": True, "samesite": "strict", "secure": secure, "path": "/"}
+
+
+def _to_login(request: Request) -> Response:
+    """Redirect to the login page, clearing a cookie whose session has ended."""
+    resp = RedirectResponse("/login", status_code=303)
+    if COOKIE in request.cookies:
+        resp.delete_cookie(COOKIE, **_cookie_args(request))
+    return resp
 
 
 async def _form(request: Request) -> dict | None:
@@ -42,23 +59,31 @@ def _csrf_ok(sess: dict, form: dict) -> bool:
 
 
 async def login(request: Request) -> Response:
+    """GET: the form. POST: check the token; on success a fresh session (any old one of this
+    browser is ended) and a cookie living as long as the session may. While the client address
+    is over its failure limit every POST gets 429, a right token too (else a guesser would
+    learn which guess was right)."""
     if request.method == "GET":
         return _render(request, "login.html.j2", error=None)
+    failures, address = request.app.state.failures, client_address(request)
+    wait = failures.retry_after(address)
+    if wait:
+        error = f"Too many failed logins from this address; try again in {wait} seconds."
+        resp = _render(request, "login.html.j2", status=429, error=error)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
     form = await _form(request)
     if form is None:
         return PlainTextResponse("request body too large", status_code=413)
     reviewer = request.app.state.review.reviewer(form.get("token", "").strip())
     if reviewer is None:
+        failures.fail(address)
         return _render(request, "login.html.j2", status=401, error="Unknown token.")
-    sid = secrets.token_urlsafe(32)
-    request.app.state.review.sessions[sid] = {
-        "reviewer": reviewer,
-        "csrf": secrets.token_urlsafe(32),
-        "start": time.time(),
-    }
+    sessions = request.app.state.sessions
+    sessions.drop(request.cookies.get(COOKIE))
+    sid = sessions.create(reviewer)
     resp = RedirectResponse("/", status_code=303)
-    secure = request.url.scheme == "https"
-    resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=secure, path="/")
+    resp.set_cookie(COOKIE, sid, max_age=sessions.max_age, **_cookie_args(request))
     return resp
 
 
@@ -69,9 +94,9 @@ async def logout(request: Request) -> Response:
     form = await _form(request) or {}
     if not _csrf_ok(sess, form):
         return PlainTextResponse("missing or wrong CSRF token", status_code=403)
-    request.app.state.review.sessions.pop(request.cookies.get(COOKIE), None)
+    request.app.state.sessions.drop(request.cookies.get(COOKIE))
     resp = RedirectResponse("/login", status_code=303)
-    resp.delete_cookie(COOKIE, path="/")
+    resp.delete_cookie(COOKIE, **_cookie_args(request))
     return resp
 
 
@@ -85,8 +110,9 @@ def _rate(st, reviewer: str, start: float) -> float:
 async def index(request: Request) -> Response:
     sess = _session(request)
     if sess is None:
-        return RedirectResponse("/login", status_code=303)
+        return _to_login(request)
     st = request.app.state.review
+    st.refresh()
     return _render(
         request,
         "index.html.j2",
@@ -100,8 +126,9 @@ async def label_page(request: Request) -> Response:
     """GET: the item at position ``i`` of the queue (default: first not yet answered)."""
     sess = _session(request)
     if sess is None:
-        return RedirectResponse("/login", status_code=303)
+        return _to_login(request)
     st = request.app.state.review
+    st.refresh()
     kind, order = request.path_params["kind"], request.path_params["order"]
     if (kind, order) not in st.queues:
         return PlainTextResponse("no such queue", status_code=404)
@@ -158,6 +185,7 @@ async def label_post(request: Request) -> Response:
     st = request.app.state.review
     if (kind, order) not in st.queues:
         return PlainTextResponse("no such queue", status_code=404)
+    st.refresh()
     data = {
         "item_id": form.get("item_id"),
         "question": form.get("question"),

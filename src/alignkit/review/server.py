@@ -1,15 +1,20 @@
 """Local review web app: a Bearer-token JSON API and server-rendered pages (issue 15).
 
 Items are loaded once at start (``load_items``); labels go to each item's run ``LabelStore``.
-Pages use an HttpOnly SameSite=Strict session cookie (random id kept in memory) and a per-session
-CSRF token; the API uses ``Authorization: Bearer TOKEN`` and no cookies.
+Pages use an HttpOnly SameSite=Strict session cookie (random id kept in memory, ended after an
+idle timeout or an absolute lifetime) and a per-session CSRF token; the API uses
+``Authorization: Bearer TOKEN`` and no cookies. Failed token checks (login form and API) are
+limited per client address (:mod:`alignkit.review.sessions`). Labels that another process adds
+to a store (``review simulate``, a second server) are folded into the answer cache at the next
+request (:meth:`_State.refresh`).
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -23,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from alignkit.errors import DataError
 from alignkit.review.items import ORDERS, QUESTIONS, Item, load_items, queue
+from alignkit.review.sessions import FailureLimit, Sessions, client_address
 from alignkit.review.store import LabelStore, pair_order
 
 MAX_BODY = 64 * 1024
@@ -35,7 +41,7 @@ _STATIC = Path(__file__).parent / "static"
 
 
 class _State:
-    """Items, queues and label stores of the served runs, plus page sessions."""
+    """Items, queues and label stores of the served runs, and each reviewer's answers."""
 
     def __init__(self, run_dirs: Sequence[Path], seed: int) -> None:
         self.items = load_items([Path(r) for r in run_dirs])
@@ -51,7 +57,8 @@ class _State:
                 for order in ORDERS:
                     self.queues[(kind, order)] = queue(of_kind, order, seed=seed)
         self._done: dict[str, dict[str, dict[str, str]]] = {}
-        self.sessions: dict[str, dict] = {}
+        # per store, the highest label row id already reflected in ``_done``
+        self._seen = {run: store.max_id() for run, store in self.stores.items()}
 
     def reviewer(self, token: str) -> str | None:
         for store in self.stores.values():
@@ -68,14 +75,32 @@ class _State:
 
     def done(self, reviewer: str) -> dict[str, dict[str, str]]:
         """item id -> {question: current answer} for this reviewer: read from the stores once,
-        then kept current by :meth:`record` (labels written through this server), so a request
-        costs what the reviewer's labels cost, not what the queue's 100,000 items cost."""
+        then kept current by :meth:`record` (labels written through this server) and
+        :meth:`refresh` (labels written by other processes), so a request costs what the
+        reviewer's labels cost, not what the queue's 100,000 items cost."""
         if reviewer not in self._done:
             current: dict[str, dict[str, str]] = {}
             for r in self.labels(reviewer):
                 current.setdefault(r["item_id"], {})[r["question"]] = r["value"]
             self._done[reviewer] = current
         return self._done[reviewer]
+
+    def refresh(self) -> None:
+        """Fold in the label rows other processes added since the last call (called once at
+        the start of each request that reads answers). Costs one ``max(id)`` primary-key lookup
+        per store, plus reading just the newer rows when there are any. Replaying rows in id
+        order is idempotent, so rows already applied by :meth:`record`, or already in a cache
+        loaded after the watermark was taken, come out the same."""
+        for run, store in self.stores.items():
+            seen = self._seen[run]
+            top = store.max_id()
+            if top <= seen:
+                continue
+            rows = store.labels_after(seen)
+            for row in rows:
+                if row["reviewer"] in self._done and row["item_id"] in self.by_id:
+                    self.record(row)
+            self._seen[run] = max([top] + [r["id"] for r in rows])
 
     def record(self, row: dict) -> None:
         """Apply a stored label row (an answer, or an undo with value None) to the cache."""
@@ -180,11 +205,27 @@ async def _body(request: Request) -> bytes | None:
     return data
 
 
-def _bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if not auth.lower().startswith("bearer "):
-        return None
-    return request.app.state.review.reviewer(auth[7:].strip())
+def _bearer(request: Request) -> str | Response:
+    """The reviewer named by the request's Bearer token, or the error response: 401 for a
+    missing or unknown token, 429 (with Retry-After) while the client's address is over its
+    limit of failed token checks. Only a presented, wrong credential counts as a failure. A
+    blocked address gets 429 even with a right token, which would otherwise tell a guesser
+    when it had guessed right."""
+    auth = request.headers.get("authorization")
+    if auth is None:
+        return _error(401, "missing or unknown bearer token")
+    failures, address = request.app.state.failures, client_address(request)
+    wait = failures.retry_after(address)
+    if wait:
+        resp = _error(429, f"too many failed token checks; try again in {wait} s")
+        resp.headers["Retry-After"] = str(wait)
+        return resp
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    reviewer = request.app.state.review.reviewer(token)
+    if reviewer is None:
+        failures.fail(address)
+        return _error(401, "missing or unknown bearer token")
+    return reviewer
 
 
 def store_label(st: _State, reviewer: str, data: dict) -> dict:
@@ -221,16 +262,18 @@ def store_label(st: _State, reviewer: str, data: dict) -> dict:
 
 async def api_queues(request: Request) -> Response:
     reviewer = _bearer(request)
-    if reviewer is None:
-        return _error(401, "missing or unknown bearer token")
-    queues = request.app.state.review.progress(reviewer)
+    if not isinstance(reviewer, str):
+        return reviewer
+    st = request.app.state.review
+    st.refresh()
+    queues = st.progress(reviewer)
     return JSONResponse({"reviewer": reviewer, "queues": queues})
 
 
 async def api_next(request: Request) -> Response:
     reviewer = _bearer(request)
-    if reviewer is None:
-        return _error(401, "missing or unknown bearer token")
+    if not isinstance(reviewer, str):
+        return reviewer
     st = request.app.state.review
     kind, order = request.path_params["kind"], request.path_params["order"]
     if (kind, order) not in st.queues:
@@ -239,14 +282,15 @@ async def api_next(request: Request) -> Response:
         n = max(1, min(100, int(request.query_params.get("n", "10"))))
     except ValueError:
         return _error(422, "n: not an integer")
+    st.refresh()
     items = st.pending(kind, order, reviewer, limit=n)
     return JSONResponse({"items": [public(i, reviewer, False) for i in items]})
 
 
 async def api_labels(request: Request) -> Response:
     reviewer = _bearer(request)
-    if reviewer is None:
-        return _error(401, "missing or unknown bearer token")
+    if not isinstance(reviewer, str):
+        return reviewer
     st = request.app.state.review
     if request.method == "GET":
         return JSONResponse({"labels": st.labels(reviewer)})
@@ -264,8 +308,22 @@ async def api_labels(request: Request) -> Response:
     return JSONResponse({"label": row}, status_code=201)
 
 
-def create_app(run_dirs: Sequence[Path], *, seed: int = 0) -> Starlette:
-    """The review app over ``run_dirs`` (DataError if a run has nothing to review)."""
+def create_app(
+    run_dirs: Sequence[Path],
+    *,
+    seed: int = 0,
+    session_idle: float = 8 * 3600,
+    session_lifetime: float = 24 * 3600,
+    failure_limit: int = 10,
+    failure_window: float = 300,
+    clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The review app over ``run_dirs`` (DataError if a run has nothing to review).
+
+    A page session ends ``session_idle`` seconds after its last request or ``session_lifetime``
+    seconds after login; a client address gets 429 after ``failure_limit`` failed token checks
+    (login form and API together) within ``failure_window`` seconds. ``clock`` (seconds,
+    monotonic) times both; tests pass a fake one."""
     from alignkit.review import pages
 
     routes = [
@@ -277,6 +335,8 @@ def create_app(run_dirs: Sequence[Path], *, seed: int = 0) -> Starlette:
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_Headers)])
     app.state.review = _State(run_dirs, seed)
+    app.state.sessions = Sessions(session_idle, session_lifetime, clock)
+    app.state.failures = FailureLimit(failure_limit, failure_window, clock)
     app.state.env = Environment(
         loader=PackageLoader("alignkit.review", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),

@@ -211,6 +211,20 @@ class LabelStore:
             latest[(r["item_id"], r["reviewer"], r["question"])] = r
         return [r for r in sorted(latest.values(), key=lambda r: r["id"]) if r["value"] is not None]
 
+    def max_id(self) -> int:
+        """The highest label row id (0 if none): one primary-key lookup, a cheap way to see
+        whether any process has added labels since a previous call."""
+        with self._lock:
+            return self._db.execute("SELECT max(id) FROM labels").fetchone()[0] or 0
+
+    def labels_after(self, row_id: int) -> list[dict]:
+        """Every row (answers and retractions) with an id above ``row_id``, in id order."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLS} FROM labels WHERE id > ? ORDER BY id", (row_id,)
+            ).fetchall()
+        return [_row(r) for r in rows]
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
