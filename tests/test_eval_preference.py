@@ -37,7 +37,7 @@ def test_outcomes_need_both_orders():
 
 
 def test_dpo_model_wins_on_harmful_prompts_and_bias_is_reported(
-    dpo_backend, testbed_backend, cache, monkeypatch
+    dpo_backend, testbed_backend, cache, monkeypatch, tmp_path
 ):
     from alignkit.evaluation import preference
     from alignkit.evaluation.stats import length_controlled_win_rate
@@ -75,6 +75,13 @@ def test_dpo_model_wins_on_harmful_prompts_and_bias_is_reported(
     assert bias["first_position_rate"] == pytest.approx(verdicts.count("A") / len(verdicts))
     lengths = [len(a) - len(b) for a, b in zip(mine, theirs, strict=True)]
     assert win.lc_win_rate == pytest.approx(length_controlled_win_rate(outcomes, lengths))
+    # the per-prompt pairs people can review (win_pairs.jsonl): the model's answer as chosen
+    assert [(p["chosen"], p["rejected"], p["soft_label"]) for p in win.pairs] == list(
+        zip(mine, theirs, outcomes, strict=True)
+    )
+    preference.PreferenceResult(model="dpo", win=win).save(tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "win_pairs.jsonl").read_text().splitlines()]
+    assert rows == win.pairs and len(rows) == 60
 
 
 def test_implicit_reward_accuracy_of_dpo_model_on_heldout_pairs(

@@ -176,3 +176,42 @@ def test_ppi_population_keeps_items_labelled_from_other_queues(tmp_path):
     store.close()
     ppi = run_stats([run])["findings"]["calibrated_asr"]["ppi"]
     assert ppi["n"] == 5 and ppi["n_unlabelled"] == len(findings) - 5
+
+
+def test_win_rate_calibrated_by_people(tmp_path):
+    """`alignkit eval --baseline` writes win_pairs.jsonl (the model's answer as `chosen`, the
+    judge's outcome as `soft_label`); people's verdicts on 150 random-queue pairs of 1,000 give
+    a PPI win rate covering the true one, where the judge alone (which over-prefers the model's
+    answer) is off by about +0.1. Ties count half."""
+    import json
+
+    from alignkit.review.items import load_run, queue
+    from alignkit.review.stats import run_stats
+    from alignkit.review.store import LabelStore
+
+    rng = np.random.default_rng(7)
+    truth = rng.choice([1.0, 0.5, 0.0], size=1000, p=[0.5, 0.1, 0.4])
+    judge = np.where(truth == 1.0, rng.random(1000) < 0.9, rng.random(1000) < 0.35).astype(float)
+    run = tmp_path / "eval"
+    run.mkdir()
+    rows = [{"prompt": f"q{i}", "chosen": f"model answer {i}", "rejected": f"base answer {i}",
+             "soft_label": judge[i], "source": "win-rate"} for i in range(1000)]  # fmt: skip
+    (run / "win_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_run(run)
+    truth_of = {f"q{i}": truth[i] for i in range(1000)}
+    store = LabelStore(run)
+    store.add_reviewer("ann")
+    side = {1.0: "chosen", 0.0: "rejected", 0.5: "tie"}
+    for item in queue(items, "random", 0)[:150]:
+        want = side[truth_of[item.content["prompt"]]]
+        if want != "tie":
+            a_is_chosen = store.pair_order(item.id, "ann") == "ab"
+            want = "a" if (want == "chosen") == a_is_chosen else "b"
+        store.add_label(item, "ann", "preference", want, queue="random")
+    store.close()
+    est = run_stats([run])["pairs"]["calibrated"]["eval/win_pairs.jsonl"]
+    true_rate = truth.mean()
+    assert est["ppi"]["n"] == 150 and est["ppi"]["n_unlabelled"] == 850
+    assert est["ppi"]["low"] <= true_rate <= est["ppi"]["high"]
+    assert est["judge_only"]["value"] - true_rate > 0.05
+    assert est["human_only"]["low"] < est["human_only"]["value"] < est["human_only"]["high"]

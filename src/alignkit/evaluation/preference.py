@@ -26,7 +26,7 @@ from alignkit.errors import ConfigError, UnsupportedError
 from alignkit.evaluation.alignment import _backend, _open_cache, cached
 from alignkit.evaluation.cache import CallCache
 from alignkit.evaluation.judges import PairwiseJudge
-from alignkit.evaluation.rundir import write_json
+from alignkit.evaluation.rundir import write_json, write_jsonl
 from alignkit.evaluation.stats import Estimate, estimate, length_controlled_win_rate
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
@@ -48,6 +48,7 @@ class WinRate:
     losses: int
     position_bias: dict[str, float]
     by_question: dict[str, Estimate] = field(default_factory=dict)
+    pairs: list[dict] = field(default_factory=list)  # per prompt: the two answers, the outcome
 
     def to_dict(self) -> dict:
         return {
@@ -86,8 +87,14 @@ class PreferenceResult:
         }
 
     def save(self, run_dir: str | Path) -> Path:
+        """``preference.json``, and with a win rate ``win_pairs.jsonl``: per prompt the model's
+        answer (``chosen``), the baseline's (``rejected``) and the judge's outcome for the model
+        (``soft_label``: 1 win, 0.5 tie, 0 loss), the pairs `alignkit review` serves so people
+        can check the win rate (PPI in `alignkit review stats`)."""
         path = Path(run_dir) / "preference.json"
         write_json(path, self.to_dict())
+        if self.win is not None and self.win.pairs:
+            write_jsonl(Path(run_dir) / "win_pairs.jsonl", self.win.pairs)
         return path
 
 
@@ -171,6 +178,17 @@ class PreferenceAlignmentEvaluator:
                 "n": len(items),
             },
             by_question=by_question,
+            pairs=[
+                {
+                    "prompt": p,
+                    "chosen": a,
+                    "rejected": b,
+                    "soft_label": o,
+                    "question": q,
+                    "source": "win-rate",
+                }
+                for p, a, b, o, q in zip(prompts, mine, theirs, outcomes, questions, strict=True)
+            ],  # fmt: skip
         )
 
     def _logps(self, backend: ModelBackend, prompts, completions) -> list[float]:

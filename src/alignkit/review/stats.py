@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,9 @@ def calibrated_rate(
     if len(y) != len(yhat):
         raise ValueError("human_labelled and judge_on_labelled must have the same length")
     out: dict[str, Any] = {}
+    share = bool(np.all((y == 0) | (y == 1))) or None  # 0/1 labels: a proportion's interval
     if len(y) >= 1 and len(yhat_u) == 0:  # every item labelled: the people's rate is a census
-        out["ppi"] = estimate(y.tolist(), 1 - alpha, proportion=True).to_dict()
+        out["ppi"] = estimate(y.tolist(), 1 - alpha, proportion=share).to_dict()
         out["ppi"] |= {"n_unlabelled": 0, "method": "no unlabelled item: the human labels alone"}
     elif len(y) >= 2:
         # a constant judge makes PPI++'s power-tuned lambda 0/0: fall back to lambda = 0
@@ -146,7 +148,7 @@ def calibrated_rate(
         }
     else:
         out["ppi"] = {"value": None, "low": None, "high": None, "n": int(len(y))}
-    out["human_only"] = estimate(y.tolist(), 1 - alpha, proportion=True).to_dict()
+    out["human_only"] = estimate(y.tolist(), 1 - alpha, proportion=share).to_dict()
     allj = np.concatenate([yhat, yhat_u])
     binary = bool(np.all((allj == 0) | (allj == 1)))
     out["judge_only"] = estimate(allj.tolist(), 1 - alpha, proportion=binary or None).to_dict()
@@ -285,10 +287,42 @@ def _pair_stats(items: Mapping[str, Any], labels: Sequence[dict]) -> dict[str, A
         "human_prefers_chosen": _prop([float(h) for h in hum]),
         "position_bias_share_a": _prop(a_ans),
         **apart,
+        "calibrated": _calibrated_preference(items, labels),
     }
 
 
-def _fmt(e: Mapping[str, Any] | None) -> str:
+OUTCOME = {"chosen": 1.0, "rejected": 0.0, "tie": 0.5, "both_bad": 0.5}
+
+
+def _calibrated_preference(items: Mapping[str, Any], labels: Sequence[dict]) -> dict[str, Any]:
+    """Per pair file, the share of pairs whose stored ``chosen`` answer is the better one (ties
+    and "both bad" count half, as AlpacaEval counts ties), by the AI label alone, by the people
+    alone and by PPI, from the random queue's verdicts (majority of reviewers) plus the AI's
+    soft label on every pair. For ``win_pairs.jsonl`` (``alignkit eval --baseline``) that share
+    is the evaluated model's win rate against the baseline."""
+    from alignkit.review.verdicts import verdicts
+
+    found = verdicts(lab for lab in labels if lab["kind"] == "pair")
+    by_source: dict[str, list[Any]] = {}
+    for item in items.values():
+        if item.kind == "pair":
+            by_source.setdefault(f"{Path(item.run).name}/{item.source}", []).append(item)
+    out = {}
+    for source, group in sorted(by_source.items()):
+        labelled = [i for i in group if i.content_hash in found.random
+                    and i.content_hash in found.pairs]  # fmt: skip
+        if not labelled:
+            continue
+        chosen = {i.id for i in labelled}
+        out[source] = calibrated_rate(
+            [OUTCOME[found.pairs[i.content_hash]] for i in labelled],
+            [float(i.judges.get("ai", 1.0)) for i in labelled],
+            [float(i.judges.get("ai", 1.0)) for i in group if i.id not in chosen],
+        )
+    return out
+
+
+def fmt_estimate(e: Mapping[str, Any] | None) -> str:
     """'value [low, high] (n=N)' for an estimate dict."""
     if not e or e.get("value") is None:
         return "-"
@@ -323,10 +357,10 @@ def _render_samples(samples: Mapping[str, Any], console: Any) -> None:
         for k, (key, r) in enumerate(rows):
             t.add_row(
                 question if k == 0 else "",
-                _fmt(q["human_yes"]) if k == 0 else "",
+                fmt_estimate(q["human_yes"]) if k == 0 else "",
                 key,
-                _fmt(r["accuracy"]) if r else "-",
-                _fmt(r["kappa"]) if r else "-",
+                fmt_estimate(r["accuracy"]) if r else "-",
+                fmt_estimate(r["kappa"]) if r else "-",
             )
     console.print(t)
 
@@ -338,12 +372,20 @@ def _render_pairs(p: Mapping[str, Any], console: Any) -> None:
     t.add_column("figure")
     t.add_column("value [95% CI] (n)")
     ai = p["ai_vs_human"]
-    t.add_row("AI label agrees with the person", _fmt(ai["accuracy"]))
-    t.add_row("Cohen's kappa", _fmt(ai["kappa"]))
-    t.add_row("person prefers the stored 'chosen'", _fmt(p["human_prefers_chosen"]))
-    t.add_row("person picks position A (position bias)", _fmt(p["position_bias_share_a"]))
+    t.add_row("AI label agrees with the person", fmt_estimate(ai["accuracy"]))
+    t.add_row("Cohen's kappa", fmt_estimate(ai["kappa"]))
+    t.add_row("person prefers the stored 'chosen'", fmt_estimate(p["human_prefers_chosen"]))
+    t.add_row("person picks position A (position bias)", fmt_estimate(p["position_bias_share_a"]))
     console.print(t)
     console.print(f"tie: {p['tie']}; both bad: {p['both_bad']} (left out of the figures above)")
+    if p.get("calibrated"):
+        c = Table(title="Share of pairs whose stored 'chosen' is better (ties count half; "
+                  "win_pairs.jsonl: the model's win rate)")  # fmt: skip
+        for col in ("pair file", "AI label alone", "people alone", "PPI"):
+            c.add_column(col)
+        for source, e in p["calibrated"].items():
+            c.add_row(source, *(fmt_estimate(e[k]) for k in ("judge_only", "human_only", "ppi")))
+        console.print(c)
 
 
 def _render_findings(f: Mapping[str, Any], console: Any) -> None:
@@ -352,10 +394,10 @@ def _render_findings(f: Mapping[str, Any], console: Any) -> None:
     t = Table(title=f"Findings: harmful rate ({f['n_labelled']} labelled of {f['n_items']})")
     t.add_column("estimate")
     t.add_column("value [95% CI] (n)")
-    t.add_row("human (all labels)", _fmt(f["human_rate"]))
+    t.add_row("human (all labels)", fmt_estimate(f["human_rate"]))
     for name, e in f.get("calibrated_asr", {}).items():
         if isinstance(e, Mapping):
-            t.add_row(name, _fmt(e))
+            t.add_row(name, fmt_estimate(e))
     console.print(t)
     if "calibrated_asr" in f:
         console.print(f["calibrated_asr"]["note"])
@@ -367,10 +409,10 @@ def _render_findings(f: Mapping[str, Any], console: Any) -> None:
         c = r["confusion"]
         j.add_row(
             name,
-            _fmt(r["accuracy"]),
-            _fmt(r["kappa"]),
-            _fmt(r["precision"]),
-            _fmt(r["recall"]),
+            fmt_estimate(r["accuracy"]),
+            fmt_estimate(r["kappa"]),
+            fmt_estimate(r["precision"]),
+            fmt_estimate(r["recall"]),
             f"{c['tp']}/{c['fp']}/{c['fn']}/{c['tn']}",
         )
     console.print(j)
