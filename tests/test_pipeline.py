@@ -160,6 +160,8 @@ def invoke(*args):
         ("", ("--model", "openai:m@http://127.0.0.1:9/v1"), "cannot be trained here"),
         ("serve_model: openai:m@http://127.0.0.1:9/v1\n", (), "gcg needs the target's weights"),
         ("enabled: false\n", (), "unknown key 'enabled'"),
+        ("review:\n  pause_after: report\n", (), "cannot pause after ['report']"),
+        ("review:\n  human_labels: nowhere.jsonl\n", (), "review.human_labels: nowhere.jsonl"),
     ],
 )
 def test_bad_pipeline_configs_exit_2_with_one_line(tmp_path, yaml_text, flags, fragment):

@@ -106,23 +106,46 @@ def test_cli_serve_calls_server(tmp_path, monkeypatch):
     assert calls == [([run], "127.0.0.1", 9999)]
 
 
-def test_export_preferences_and_overrides(tmp_path):
+def _export(run, kind, out) -> list[dict]:
+    """``alignkit review export RUN --kind KIND --output OUT`` (exit 0), its rows."""
     import json
+
+    res = invoke("export", run, "--kind", kind, "--output", out)
+    assert res.exit_code == 0, res.output
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def test_export_preferences_and_overrides(tmp_path):
+    run = make_run(tmp_path)
+    simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    rows = _export(run, "preferences", tmp_path / "prefs.jsonl")
+    assert len(rows) == 6  # ground truth prefers the refusal (the stored chosen) in each pair
+    assert all(r["chosen"].startswith("I can't") and r["provenance"]["item_id"] for r in rows)
+    over = _export(run, "overrides", tmp_path / "o.jsonl")
+    assert len(over) == 20 and sum(o["harmful"] for o in over) == 8
+    assert invoke("export", run, "--kind", "votes", "--output", tmp_path / "v.jsonl").exit_code == 2
+    assert not (tmp_path / "v.jsonl").exists()
+
+
+def test_export_cost_pairs_load_as_harmless_value_pairs(tmp_path):
+    """`--kind cost`: every finding people call harmful, paired with one they call safe of the
+    same behaviour (8 harmful of 20 fixture findings, each behaviour has safe ones), in the
+    layout the safety loaders read for the cost model."""
+    from alignkit.safety.data import load_value_pairs
 
     run = make_run(tmp_path)
     simulate(run, labels=100, error_rate=0.0, reviewer="sim")
-    out = tmp_path / "prefs.jsonl"
-    res = invoke("export", run, "--kind", "preferences", "--output", out)
-    assert res.exit_code == 0, res.output
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(rows) == 6  # ground truth prefers the refusal (the stored chosen) in each pair
-    assert all(r["chosen"].startswith("I can't") and r["provenance"]["item_id"] for r in rows)
-    res = invoke("export", run, "--kind", "overrides", "--output", tmp_path / "o.jsonl")
-    assert res.exit_code == 0, res.output
-    over = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert len(over) == 20 and sum(o["harmful"] for o in over) == 8
-    res = invoke("export", run, "--kind", "cost", "--output", tmp_path / "c.jsonl")
-    assert res.exit_code == 2 and not (tmp_path / "c.jsonl").exists()
+    out = tmp_path / "cost.jsonl"
+    rows = _export(run, "cost", out)
+    assert len(rows) == 8
+    hashes = {i.content_hash: i for i in load_items([run]) if i.kind == "finding"}
+    for row in rows:
+        bad, good = (hashes[row["provenance"][k]] for k in ("rejected_hash", "chosen_hash"))
+        assert bad.judges["testbed"] == 1.0 and good.judges["testbed"] == 0.0
+        assert bad.content["behaviour_id"] == good.content["behaviour_id"]
+        assert row["rejected"] == bad.content["response"] and row["prompt"] == bad.content["prompt"]
+    pairs, report = load_value_pairs(out, dimension="harmless")
+    assert len(pairs) == 8 and all(p["chosen_safe"] and not p["rejected_safe"] for p in pairs)
 
 
 def test_cli_stats_judges_against_simulated_people(tmp_path):
@@ -201,3 +224,21 @@ def test_exported_human_preferences_train_with_alignkit_dpo(tmp_path, testbed_pa
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "dpo" / "final").is_dir()
+
+
+def test_review_stats_become_a_report_section(tmp_path):
+    """Runs with labels get a report section of the stats (judges against the people, PPI);
+    runs without get none."""
+    from alignkit.review.report_section import review_section
+
+    run = make_run(tmp_path)
+    assert review_section([run], "review") is None  # nobody reviewed yet
+    simulate(run, labels=100, error_rate=0.0, reviewer="sim")
+    section = review_section([run], "review")
+    titles = [t.title for t in section.tables]
+    assert titles[0] == "Red-team ASR: judge, people and PPI"
+    assert "Red-team judges against the people (harmful)" in titles
+    assert "Preference pairs: the AI's label against the people" in titles
+    judges = next(t for t in section.tables if t.title.startswith("Red-team judges")).rows
+    testbed = next(row for row in judges if row[0] == "testbed")
+    assert testbed[1].startswith("1.000 [")  # the testbed judge is the truth here

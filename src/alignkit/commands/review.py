@@ -130,12 +130,15 @@ def list_cmd(run_dir: RunDir, seed: Annotated[int, typer.Option("--seed")] = 0):
 @group.command("export")
 def export_cmd(
     run_dir: RunDir,
-    kind: Annotated[str, typer.Option("--kind", help="preferences or overrides.")] = "preferences",
+    kind: Annotated[
+        str, typer.Option("--kind", help="preferences, overrides or cost.")
+    ] = "preferences",
     output: Annotated[Path, typer.Option("--output", help="JSON-lines file to write.")] = Path(
         "review-export.jsonl"
     ),
 ):
-    """Export human labels: DPO preference pairs or finding overrides (JSON lines)."""
+    """Export human labels (JSON lines): DPO preference pairs, finding overrides for
+    `alignkit redteam report --overrides`, or cost-model pairs for `alignkit safety train-rm`."""
     from alignkit.review.export import export
 
     out = export(_run_dir(run_dir), kind, output)

@@ -147,9 +147,14 @@ class AlignmentReportGenerator:
             groups: list[tuple[str | None, list[Section]]] = []
             if self.comparison is not None:
                 groups.append((None, [comparison_section(self.comparison)]))
+            from alignkit.review.report_section import review_section
+
             for label, run in zip(("A", "B"), self.runs, strict=False):
                 heading = f"Run {label}: {run.path}" if len(self.runs) > 1 else None
-                groups.append((heading, run_sections(run, f"run-{label.lower()}-")))
+                prefix = f"run-{label.lower()}-"
+                reviewed = review_section([run.path], f"{prefix}review") if run.path else None
+                extra = [reviewed] if reviewed else []
+                groups.append((heading, run_sections(run, prefix) + extra))
             self._sections = groups
         return self._sections
 

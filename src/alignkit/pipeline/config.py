@@ -174,6 +174,44 @@ class TrainSection(SafetyConfig, Section):
         return self
 
 
+class ReviewSection(Section):
+    """Human oversight: people's verdicts (``alignkit review``) fed to the later stages, and
+    pauses for people to give them."""
+
+    human_labels: str | None = Field(
+        None,
+        description="Human labels the revise, feedback, train and report stages use: 'run' "
+        "(this run's review/labels.sqlite, written by `alignkit review serve OUTPUT_DIR`), "
+        "another run directory or its review/labels.sqlite, or a JSONL file from `alignkit "
+        "review export`; null: none, or 'run' when pause_after is set.",
+    )
+    pause_after: list[str] = Field(
+        default_factory=list,
+        description="Stop after these stages (when they run) for people to review; rerunning "
+        "the pipeline continues with their labels.",
+    )
+
+    @field_validator("pause_after", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("pause_after")
+    @classmethod
+    def _pausable(cls, value: list[str]) -> list[str]:
+        wrong = [s for s in value if s not in STAGES[:-1]]
+        if wrong:
+            raise ValueError(f"cannot pause after {wrong}; stages are {', '.join(STAGES[:-1])}")
+        return value
+
+    @property
+    def source(self) -> str | None:
+        """Where the labels come from (see ``human_labels``), or None: no human labels."""
+        if not self.enabled:
+            return None
+        return self.human_labels or ("run" if self.pause_after else None)
+
+
 class PipelineConfig(CommandConfig):
     """``alignkit pipeline``: red team -> critique and revision -> AI feedback -> constrained
     DPO -> evaluation -> report, resumable, one run directory."""
@@ -203,6 +241,7 @@ class PipelineConfig(CommandConfig):
     revise: ReviseSection = Field(default_factory=ReviseSection)
     feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
 
     @field_validator("skip")
     @classmethod

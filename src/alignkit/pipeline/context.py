@@ -20,6 +20,7 @@ class StageContext:
     config: PipelineConfig
     out: Path
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    human: Any = None  # the people's verdicts (review.human_labels): a HumanLabels, or None
 
     def dir(self, stage: str) -> Path:
         path = self.out / stage

@@ -153,8 +153,13 @@ def revisions_section(run_dir: Path) -> Section | None:
 class PipelineReport(AlignmentReportGenerator):
     """The comparison report of the baseline (A) and the trained model (B), led by the loop."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, human: Any = None) -> None:
         self.pipeline_dir = Path(run_dir)
+        if human is None:  # the run's own reviews, if it has any
+            from alignkit.review.feed import load_human_labels
+
+            human = load_human_labels("run", self.pipeline_dir)
+        self.human = human
         before, after = self.pipeline_dir / "baseline", self.pipeline_dir / "evaluate"
         if not (before / "eval.json").exists() or not (after / "eval.json").exists():
             raise DataError(
@@ -180,17 +185,26 @@ class PipelineReport(AlignmentReportGenerator):
                 from alignkit.evaluation.redteam_section import redteam_section
 
                 lead.append(redteam_section(load_run(redteam), "pipeline-"))
+            from alignkit.pipeline.human import human_section
+
+            scorer = stages.get("evaluate", {}).get("outputs", {}).get("headline", {})
+            from alignkit.review.report_section import review_section
+
+            lead.append(human_section(self.pipeline_dir, stages, scorer.get("scorer", "testbed"),
+                                      self.human))  # fmt: skip
+            lead.append(review_section([self.pipeline_dir], "pipeline-review-stats"))
             groups = super().sections()
             self._sections = [("The loop", [s for s in lead if s is not None]), *groups]
         return self._sections
 
 
-def write_report(run_dir: str | Path) -> dict[str, Path]:
-    """Write ``report/report.{html,md,json}`` for a pipeline run directory; format -> path."""
+def write_report(run_dir: str | Path, human: Any = None) -> dict[str, Path]:
+    """Write ``report/report.{html,md,json}`` for a pipeline run directory; format -> path.
+    ``human``: the people's verdicts to report (default: the run's own reviews, if any)."""
     out = Path(run_dir) / "report"
-    return PipelineReport(run_dir).write(out)
+    return PipelineReport(run_dir, human).write(out)
 
 
 def report(ctx: StageContext) -> dict[str, Any]:
     """The ``report`` stage: :func:`write_report` of the run directory."""
-    return {"files": {k: str(v) for k, v in write_report(ctx.out).items()}}
+    return {"files": {k: str(v) for k, v in write_report(ctx.out, ctx.human).items()}}

@@ -7,6 +7,11 @@ matches and continues at the first unfinished one; a stage interrupted midway re
 itself (the campaign store, the AI-feedback chunks, the DPO rounds). A finished or started
 stage whose settings changed is refused (one line, exit 2) unless ``redo_from`` names it or an
 earlier stage: then that stage and every later one start afresh.
+
+Human review (the ``review:`` section): the people's verdicts a stage reads are part of its
+identity (:data:`HUMAN`), so a stage that ran with other labels is refused in the same way
+(the report, which is cheap, is simply made again). ``review.pause_after`` stops the run after
+a stage that ran now (:attr:`PipelineResult.paused`); the rerun keeps that stage and goes on.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ READS = {
     "report": ("baseline", "redteam", "revise", "feedback", "train", "evaluate"),
 }
 SECTION = {"baseline": "evaluation", "evaluate": "evaluation"}
+HUMAN = {"revise": ("finding",), "train": ("finding", "pair"),
+         "report": ("finding", "pair", "sample")}  # fmt: skip
+"""The kinds of human verdicts each stage reads (feedback: findings, with failure prompts)."""
 CONSTITUTION = ("revise", "feedback")
 REPLAY_FIELDS = {"judge", "judge_model", "judge_options", "attack_options", "generation"}
 
@@ -49,6 +57,7 @@ class PipelineResult:
     kept: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    paused: str | None = None  # the stage after which the run stopped for human review
 
     @property
     def change(self) -> dict[str, Any]:
@@ -97,8 +106,22 @@ class AlignmentPipeline:
             )
 
     # -- identities ----------------------------------------------------------------------
-    def identity(self, stage: str, done: dict[str, str]) -> str:
-        """The digest of what shapes ``stage``'s outputs (see the module docstring)."""
+    def human_kinds(self, stage: str) -> tuple[str, ...]:
+        """The kinds of human verdicts ``stage`` reads."""
+        if stage == "feedback" and self.config.feedback.failure_prompts:
+            return ("finding",)
+        return HUMAN.get(stage, ())
+
+    def human_digest(self, stage: str, human: Any) -> str | None:
+        """The digest of the human verdicts ``stage`` reads (None: it reads none)."""
+        kinds = self.human_kinds(stage)
+        if human is None or not kinds:
+            return None
+        return _digest([self.config.review.source, human.digest(kinds)])
+
+    def identity(self, stage: str, done: dict[str, str], human: Any = None) -> str:
+        """The digest of what shapes ``stage``'s outputs (see the module docstring), the human
+        verdicts it reads included."""
         cfg = self.config
         data: dict[str, Any] = {k: getattr(cfg, k) for k in SHARED}
         section = getattr(cfg, SECTION.get(stage, stage), None)
@@ -109,6 +132,8 @@ class AlignmentPipeline:
         if SECTION.get(stage) == "evaluation":  # the replay uses the red-team templates and judge
             data["replay"] = cfg.redteam.model_dump(mode="json", include=REPLAY_FIELDS)
         data["reads"] = {s: done.get(s) for s in READS[stage]}
+        if (digest := self.human_digest(stage, human)) is not None:
+            data["human"] = digest
         return _digest(data)
 
     def _marker(self, stage: str) -> Path:
@@ -134,14 +159,23 @@ class AlignmentPipeline:
             console.print(Rule("[bold]building the testbed model[/] (first use, then cached)"))
             ensure_testbed()
 
-    def _prepare(self, stage: str, identity: str) -> dict[str, Any] | None:
-        """The outputs of a finished stage to keep, or None to run it."""
+    def _prepare(self, stage: str, identity: str, human: str | None) -> dict[str, Any] | None:
+        """The outputs of a finished stage to keep, or None to run it. The report is made
+        again when only the human labels changed (it reads nothing else that is costly)."""
         directory = self.out / stage
         started = directory / "identity.json"
         if not started.exists():
             return None
-        saved = json.loads(started.read_text())["identity"]
-        if saved != identity:
+        saved = json.loads(started.read_text())
+        if saved["identity"] != identity and saved.get("human") != human:
+            if stage == "report":
+                return None
+            raise ConfigError(
+                f"{directory}: stage {stage!r} ran with other human labels than "
+                f"{self.config.review.source!r} now holds; rerun with --redo-from {stage} to "
+                "use them, or use another output_dir"
+            )
+        if saved["identity"] != identity:
             raise ConfigError(
                 f"{directory}: stage {stage!r} was run with other settings (its section, the "
                 f"shared options or an earlier stage changed); rerun with --redo-from {stage} "
@@ -169,9 +203,10 @@ class AlignmentPipeline:
 
         console = console or Console(quiet=True)
         cfg = self.config
+        human = self._human_labels(console)  # a bad source is refused before any work
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "pipeline.json", cfg.model_dump(mode="json"))
-        ctx = StageContext(cfg, self.out)
+        ctx = StageContext(cfg, self.out, human=human)
         result = PipelineResult(self.out)
         self._clear_redone()
         self._ensure_testbed(console)
@@ -185,8 +220,9 @@ class AlignmentPipeline:
                 result.skipped.append(stage)  # nothing to compare
                 console.print("[yellow]report skipped[/]: it needs baseline and evaluate")
                 continue
-            identity = identities[stage] = self.identity(stage, identities)
-            kept = self._prepare(stage, identity)
+            identity = identities[stage] = self.identity(stage, identities, ctx.human)
+            human = self.human_digest(stage, ctx.human)
+            kept = self._prepare(stage, identity, human)
             number = f"{active.index(stage) + 1}/{len(active)}"
             if kept is not None:
                 ctx.outputs[stage] = kept
@@ -194,7 +230,7 @@ class AlignmentPipeline:
                 console.print(Rule(f"[bold]{number} {stage}[/] (finished earlier, kept)"))
                 continue
             console.print(Rule(f"[bold]{number} {stage}"))
-            write_json(self.out / stage / "identity.json", {"identity": identity})
+            write_json(self.out / stage / "identity.json", {"identity": identity, "human": human})
             start = time.monotonic()
             outputs = STAGE_FUNCTIONS[stage](ctx)
             seconds = time.monotonic() - start
@@ -203,5 +239,24 @@ class AlignmentPipeline:
             result.ran.append(stage)
             result.seconds[stage] = seconds
             console.print(f"[green]{stage} finished[/] in {seconds:.1f} s: {brief(outputs)}")
+            if stage in cfg.review.pause_after and cfg.review.enabled and stage != active[-1]:
+                result.paused = stage
+                break
         result.outputs = ctx.outputs
         return result
+
+    def _human_labels(self, console) -> Any:
+        """The people's verdicts the later stages read (``review.human_labels``), or None."""
+        source = self.config.review.source
+        if source is None:
+            return None
+        from alignkit.review.feed import load_human_labels, summary
+
+        human = load_human_labels(source, self.out)
+        counts = summary(human)
+        console.print(
+            f"human labels from {counts['source']}: {counts['findings']} findings, "
+            f"{counts['pairs']} pairs, {counts['samples']} samples with a verdict",
+            highlight=False,
+        )
+        return human

@@ -53,17 +53,13 @@ def _campaign(ctx: StageContext, out: Path) -> list[dict]:
         attempts = store.attempts()
     finally:
         store.close()
-    return [
-        {"prompt": a.prompt, "response": a.response, "harmful": a.success, "attack": a.attack,
-         "behaviour": a.behaviour_id, "category": a.category}
-        for a in attempts if a.response is not None and a.error is None
-    ]  # fmt: skip
+    return [_row(a) for a in attempts if a.response is not None and a.error is None]
 
 
-def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
+def _own_prompts(ctx: StageContext, path: Path, out: Path) -> list[dict]:
     """The user's red-team prompts, answered by the model and judged."""
     from alignkit.evaluation.suites import load_prompt_file
-    from alignkit.redteam.base import Behaviour
+    from alignkit.redteam.base import Attempt, Behaviour
 
     section = ctx.config.redteam
     items = load_prompt_file(path)
@@ -81,35 +77,80 @@ def _own_prompts(ctx: StageContext, path: Path) -> list[dict]:
     with ctx.judge() as judge:
         scores = judge.judge(behaviours, [b.goal for b in behaviours], responses)
     threshold = getattr(judge, "threshold", 0.5)
-    return [
-        {"prompt": b.goal, "response": r, "harmful": s is not None and s >= threshold,
-         "attack": "user-prompts", "behaviour": b.id, "category": b.category}
+    attempts = [
+        Attempt("user-prompts", b.id, 0, 0, b.goal, r, {judge.name: s},
+                s is not None and s >= threshold, category=b.category)
         for b, r, s in zip(behaviours, responses, scores, strict=True)
     ]  # fmt: skip
+    _keep_as_campaign(attempts, out / "campaign.sqlite")
+    return [_row(a) for a in attempts]
+
+
+def _keep_as_campaign(attempts: list, path: Path) -> None:
+    """The judged answers as a campaign store (what `alignkit review` and `alignkit redteam
+    report` read), written afresh."""
+    from alignkit.redteam.store import CampaignStore
+
+    for stale in path.parent.glob(path.name + "*"):
+        stale.unlink()
+    store = CampaignStore(path)
+    try:
+        store.add_round(attempts)
+    finally:
+        store.close()
+
+
+def _row(a) -> dict:
+    """A judged attempt as the stage's row."""
+    return {"prompt": a.prompt, "response": a.response, "harmful": a.success,
+            "attack": a.attack, "behaviour": a.behaviour_id, "category": a.category}  # fmt: skip
 
 
 def redteam(ctx: StageContext) -> dict[str, Any]:
     """Attack the base model; keep the harmful responses as failures to learn from."""
     out = ctx.dir("redteam")
     prompts = ctx.config.redteam.prompts
-    rows = _own_prompts(ctx, prompts) if prompts else _campaign(ctx, out)
-    seen: set[str] = set()
-    failures = []
-    for row in rows:
-        if row["harmful"] and row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            failures.append(row)
+    rows = _own_prompts(ctx, prompts, out) if prompts else _campaign(ctx, out)
+    failures = _first_harmful(rows)
+    write_jsonl(out / "attempts.jsonl", rows)
     write_jsonl(out / "failures.jsonl", failures)
     by_attack: dict[str, list[int]] = {}
     for row in rows:
         by_attack.setdefault(row["attack"], [0, 0])[row["harmful"]] += 1
     return {
         "failures": str(out / "failures.jsonl"),
+        "attempts_file": str(out / "attempts.jsonl"),
         "n_failures": len(failures),
         "attempts": len(rows),
         "by_attack": {k: {"attempts": a + b, "harmful": b} for k, (a, b) in by_attack.items()},
         "source": str(prompts) if prompts else "campaign",
     }
+
+
+def _first_harmful(rows: list[dict]) -> list[dict]:
+    """The harmful rows, the first one of each prompt."""
+    seen: set[str] = set()
+    failures = []
+    for row in rows:
+        if row["harmful"] and row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            failures.append(row)
+    return failures
+
+
+def _judged_rows(ctx: StageContext) -> tuple[list[dict], dict[str, int] | None]:
+    """Every judged red-team row, with the people's verdicts where they gave one, and counts of
+    what they changed (None without human labels). A run made before rows were kept has its
+    failures only: people can then overturn failures, not add them."""
+    path = ctx.output("redteam", "attempts_file") or ctx.output("redteam", "failures")
+    rows = read_jsonl(path) if path else []
+    return ctx.human.correct_findings(rows) if ctx.human else (rows, None)
+
+
+def failures(ctx: StageContext) -> list[dict]:
+    """The red-team failures the later stages learn from (one per prompt): judged harmful, or
+    with human labels, harmful by the people's verdict where they gave one."""
+    return _first_harmful(_judged_rows(ctx)[0])
 
 
 # ------------------------------------------------------------------------------ revise
@@ -182,15 +223,15 @@ def revise(ctx: StageContext) -> dict[str, Any]:
     """Critique and revise each failure under the constitution; the revision is preferred."""
     cfg, section = ctx.config, ctx.config.revise
     out = ctx.dir("revise")
-    path = ctx.output("redteam", "failures")
-    failures = read_jsonl(path) if path else []
-    if not failures:
+    rows, human = _judged_rows(ctx)
+    found = _first_harmful(rows)
+    if not found:
         write_jsonl(out / "pairs.jsonl", [])
-        return {"pairs": str(out / "pairs.jsonl"), "n_pairs": 0, "n_failures": 0}
-    if section.max_failures and len(failures) > section.max_failures:
-        failures = random.Random(f"revise-{cfg.seed}").sample(failures, section.max_failures)
-    records = _revisions(ctx, failures, out / "revisions.jsonl")
-    revised = [(f, r["chosen"].strip()) for f, r in zip(failures, records, strict=True)]
+        return {"pairs": str(out / "pairs.jsonl"), "n_pairs": 0, "n_failures": 0, "human": human}
+    if section.max_failures and len(found) > section.max_failures:
+        found = random.Random(f"revise-{cfg.seed}").sample(found, section.max_failures)
+    records = _revisions(ctx, found, out / "revisions.jsonl")
+    revised = [(f, r["chosen"].strip()) for f, r in zip(found, records, strict=True)]
     revised = [(f, text) for f, text in revised if text and text != f["response"].strip()]
     safe = _judge_safe(ctx, [f for f, _ in revised], [text for _, text in revised])
     pairs = [
@@ -201,10 +242,11 @@ def revise(ctx: StageContext) -> dict[str, Any]:
     write_jsonl(out / "pairs.jsonl", pairs)
     return {
         "pairs": str(out / "pairs.jsonl"),
-        "n_failures": len(failures),
+        "n_failures": len(found),
         "n_pairs": len(pairs),
-        "unchanged": len(failures) - len(revised),
+        "unchanged": len(found) - len(revised),
         "revisions_judged_safe": sum(safe),
+        "human": human,
     }
 
 
@@ -242,16 +284,15 @@ def feedback(ctx: StageContext) -> dict[str, Any]:
 def _feedback_prompts(ctx: StageContext, out: Path) -> str:
     """The feedback prompt set: the configured one, plus failure prompts if asked (a file)."""
     section = ctx.config.feedback
-    path = ctx.output("redteam", "failures")
-    if not section.failure_prompts or not path:
+    if not section.failure_prompts or "redteam" not in ctx.outputs:
         return section.prompts
     from alignkit.evaluation.suites import load_suite
 
     items = load_suite(section.prompts, n=section.n, seed=ctx.config.seed)
     rows = [{"id": i.id, "prompt": i.prompt, "kind": i.kind} for i in items]
-    failures = read_jsonl(path)
+    found = failures(ctx)
     rng = random.Random(f"feedback-{ctx.config.seed}")
-    chosen = rng.sample(failures, min(section.failure_prompts, len(failures)))
+    chosen = rng.sample(found, min(section.failure_prompts, len(found)))
     rows += [{"id": f"failure-{k}", "prompt": f["prompt"]}
              for k, f in enumerate(chosen)]  # fmt: skip
     write_jsonl(out / "prompts.jsonl", rows)
@@ -266,8 +307,7 @@ def _split_failures(ctx: StageContext, out: Path) -> tuple[set[str], str | None]
     section = ctx.config.train
     if section.eval_prompts != "failures":
         return set(), section.eval_prompts
-    path = ctx.output("redteam", "failures")
-    prompts = sorted({f["prompt"] for f in read_jsonl(path)}) if path else []
+    prompts = sorted({f["prompt"] for f in failures(ctx)})
     if not prompts:
         return set(), "testbed" if ctx.config.model == "testbed" else None
     rng = random.Random(f"holdout-{ctx.config.seed}")
@@ -305,8 +345,9 @@ def cost_pairs(pairs: list[dict], seed: int = 0) -> list[dict]:
     return [{**p, **flags} for p in judged + anchors]
 
 
-def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
-    """The user's cost model, or one trained on the judged (safe, unsafe) pairs."""
+def _cost_model(ctx: StageContext, pairs: list[dict], out: Path, human: list[dict]):
+    """The user's cost model, or one trained on the judged (safe, unsafe) pairs and the
+    ``human`` ones (a harmful and a safe answer to one behaviour, by the people's verdicts)."""
     from alignkit.safety.value_model import ValueModel, ValueModelConfig, train_value_model
 
     section = ctx.config.train
@@ -315,7 +356,7 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
     path = out / "cost_model"
     if (path / "config.json").exists():
         return ValueModel.load(path, device=ctx.config.device), path
-    judged = cost_pairs(pairs, ctx.config.seed)
+    judged = cost_pairs(pairs, ctx.config.seed) + human
     if not judged:
         raise DataError(
             "train: no judged (safe, unsafe) pair to train a cost model on; give train.cost_model"
@@ -328,7 +369,7 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path):
     return train_value_model(config, judged), path
 
 
-ORIGINS = ("revise", "feedback", "helpful-data")
+ORIGINS = ("revise", "feedback", "helpful-data", "review")
 
 
 def _helpful_pairs(ctx: StageContext) -> list[dict]:
@@ -363,11 +404,19 @@ def train(ctx: StageContext) -> dict[str, Any]:
         path = ctx.output(stage, key)
         pairs += [{**p, "origin": stage} for p in read_jsonl(path)] if path else []
     pairs += [{**p, "origin": "helpful-data"} for p in _helpful_pairs(ctx)]
+    human = {}
+    if ctx.human:
+        pairs, human["pairs"] = ctx.human.orient_pairs(pairs)
     pairs = [p for p in pairs if p["prompt"] not in held]
     if not pairs:
         raise DataError("train: no preference pairs (the revise and feedback stages gave none)")
     write_jsonl(out / "pairs.jsonl", pairs)
-    cost_model, cost_path = _cost_model(ctx, pairs, out)
+    extra = []
+    if ctx.human:
+        extra, _ = ctx.human.cost_pairs(_judged_rows(ctx)[0])
+        extra = [p for p in extra if p["prompt"] not in held]
+        human["cost_pairs"] = len(extra)
+    cost_model, cost_path = _cost_model(ctx, pairs, out, extra)
     settings = section.options_for(SafetyConfig)
     safety = SafetyConfig.model_validate(
         settings | {"model": cfg.model, "data": str(out / "pairs.jsonl"), "output_dir": out,
@@ -385,6 +434,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
         "pairs": counts,
         "held_out_failures": len(held),
         "cost_model": str(cost_path),
+        "human": human or None,
     }
 
 

@@ -1,12 +1,17 @@
 """Human labels as training data and judge overrides (``alignkit review export``).
 
-- ``preferences``: every pair item whose reviewers' current answers have a strict majority for
-  one side ("a"/"b" read through each reviewer's stored A/B order), as a DPO row ``{prompt,
-  chosen, rejected, source: "review", provenance}`` (ties, "both_bad" and split votes are
-  skipped and counted). ``alignkit dpo`` reads the prompt/chosen/rejected fields as is.
-- ``overrides``: every finding with a strict human majority of "harmful" or "not_harmful", as
-  ``{item_id, content_hash, attack, behaviour_id, prompt, harmful, votes, reviewers, judges}``:
-  a person's verdict that report/pipeline code can put above a judge's.
+Each item's verdict is the people's, by the one rule of :mod:`alignkit.review.verdicts`.
+
+- ``preferences``: every pair item whose verdict is "chosen" or "rejected", as a DPO row
+  ``{prompt, chosen, rejected, source: "review", provenance}`` with the people's preferred
+  response as ``chosen`` (ties, "both_bad" and items without a majority are skipped and
+  counted). ``alignkit dpo`` reads the prompt/chosen/rejected fields as is.
+- ``overrides``: every finding with a verdict, as ``{item_id, content_hash, attack,
+  behaviour_id, prompt, harmful, votes, reviewers, judges}``: a person's verdict that
+  ``alignkit redteam report --overrides`` and the pipeline put above a judge's.
+- ``cost``: cost-model pairs from the findings' verdicts, a harmful and a safe response to the
+  same behaviour (:func:`~alignkit.review.verdicts.cost_pairs_from_findings`), the layout
+  ``alignkit safety train-rm --kind cost --data FILE`` reads.
 """
 
 from __future__ import annotations
@@ -18,77 +23,81 @@ from pathlib import Path
 from alignkit import atomic
 from alignkit.errors import DataError
 from alignkit.review.items import Item, load_run
-from alignkit.review.store import current_labels, majority
+from alignkit.review.store import current_labels
+from alignkit.review.verdicts import Verdicts, cost_pairs_from_findings, verdicts
 
-EXPORT_KINDS = ("preferences", "overrides")
+EXPORT_KINDS = ("preferences", "overrides", "cost")
+NO_MAJORITY = "no majority (a tie, or unsure only)"
 
 
-def _votes(run_dir: Path, kind: str) -> tuple[dict[str, Item], dict[str, list[dict]]]:
-    items = {i.id: i for i in load_run(run_dir) if i.kind == kind}
-    rows = [r for r in current_labels([run_dir], required=True) if r["item_id"] in items]
-    by_item: dict[str, list[dict]] = {}
-    for r in rows:
-        by_item.setdefault(r["item_id"], []).append(r)
-    return items, by_item
+def _labelled(run_dir: Path, kind: str) -> tuple[list[Item], Verdicts, Counter]:
+    """Items of ``kind`` that people labelled, their verdicts, and the labelled items that have
+    none (counted)."""
+    items = [i for i in load_run(run_dir) if i.kind == kind]
+    hashes = {i.content_hash for i in items}
+    rows = [r for r in current_labels([run_dir], required=True) if r["content_hash"] in hashes]
+    found = verdicts(rows)
+    have = getattr(found, f"{kind}s")
+    labelled = {r["content_hash"] for r in rows}
+    skipped = Counter({NO_MAJORITY: len(labelled - set(have))})
+    return [i for i in items if i.content_hash in have], found, skipped
 
 
 def preferences(run_dir: str | Path) -> tuple[list[dict], dict[str, int]]:
     """DPO rows from human pair labels, and counts of what was skipped (see module docstring)."""
-    items, by_item = _votes(Path(run_dir), "pair")
-    out, skipped = [], Counter()
-    for item_id, rows in by_item.items():
-        sides = []
-        for r in rows:
-            if r["value"] in ("a", "b"):
-                a_is_chosen = r["extra"].get("order", "ab") == "ab"
-                sides.append("chosen" if (r["value"] == "a") == a_is_chosen else "rejected")
-            else:
-                sides.append(r["value"])
-        win = majority(sides)
+    items, found, skipped = _labelled(Path(run_dir), "pair")
+    out = []
+    for item in items:
+        win = found.pairs[item.content_hash]
         if win not in ("chosen", "rejected"):
-            skipped[win or "split vote"] += 1
+            skipped[win] += 1
             continue
-        c = items[item_id].content
+        c = item.content
         chosen, rejected = (c["chosen"], c["rejected"])
         if win == "rejected":
             chosen, rejected = rejected, chosen
-        prov = _prov(items[item_id], rows, flipped=win == "rejected")
+        prov = {"item_id": item.id, "run": item.run, "source": item.source,
+                "content_hash": item.content_hash, "ai": item.judges.get("ai"),
+                "reviewers": found.reviewers.get(item.content_hash, []),
+                "human_overrode_ai": win == "rejected"}  # fmt: skip
         out.append({"prompt": c["prompt"], "chosen": chosen, "rejected": rejected,
                     "source": "review", "provenance": prov})  # fmt: skip
-    return out, dict(skipped)
+    return out, {k: v for k, v in skipped.items() if v}
 
 
 def overrides(run_dir: str | Path) -> tuple[list[dict], dict[str, int]]:
-    """Human verdicts on findings with a strict majority (see the module docstring)."""
-    items, by_item = _votes(Path(run_dir), "finding")
-    out, skipped = [], Counter()
-    for item_id, rows in by_item.items():
-        win = majority([r["value"] for r in rows])
-        if win not in ("harmful", "not_harmful"):
-            skipped[win or "split vote"] += 1
-            continue
-        it = items[item_id]
-        out.append({"item_id": item_id, "content_hash": it.content_hash,
-                    "attack": it.content["attack"], "behaviour_id": it.content["behaviour_id"],
-                    "prompt": it.content["prompt"], "harmful": win == "harmful",
-                    "votes": dict(Counter(r["value"] for r in rows)),
-                    "reviewers": sorted({r["reviewer"] for r in rows}),
-                    "judges": it.judges})  # fmt: skip
-    return out, dict(skipped)
+    """Human verdicts on findings (see the module docstring)."""
+    items, found, skipped = _labelled(Path(run_dir), "finding")
+    out = [
+        {"item_id": it.id, "content_hash": it.content_hash, "attack": it.content["attack"],
+         "behaviour_id": it.content["behaviour_id"], "prompt": it.content["prompt"],
+         "harmful": found.findings[it.content_hash],
+         "votes": found.votes.get(it.content_hash, {}),
+         "reviewers": found.reviewers.get(it.content_hash, []), "judges": it.judges}
+        for it in items
+    ]  # fmt: skip
+    return out, {k: v for k, v in skipped.items() if v}
 
 
-def _prov(item: Item, rows: list[dict], flipped: bool) -> dict:
-    return {"item_id": item.id, "run": item.run, "source": item.source,
-            "content_hash": item.content_hash, "ai": item.judges.get("ai"),
-            "reviewers": sorted({r["reviewer"] for r in rows}),
-            "human_overrode_ai": flipped}  # fmt: skip
+def cost(run_dir: str | Path) -> tuple[list[dict], dict[str, int]]:
+    """Cost-model pairs from the findings' verdicts (see the module docstring)."""
+    items, found, skipped = _labelled(Path(run_dir), "finding")
+    findings = [
+        {**it.content, "content_hash": it.content_hash, "harmful": found.findings[it.content_hash]}
+        for it in items
+    ]
+    rows, unpaired = cost_pairs_from_findings(findings)
+    skipped.update(unpaired)
+    return rows, {k: v for k, v in skipped.items() if v}
 
 
 def export(run_dir: str | Path, kind: str, output: str | Path) -> dict:
     """Write the ``kind`` export of ``run_dir`` to ``output`` (JSON lines, atomically)."""
     if kind not in EXPORT_KINDS:
         raise DataError(f"--kind: {kind!r} is not one of {', '.join(EXPORT_KINDS)}")
-    rows, skipped = (preferences if kind == "preferences" else overrides)(run_dir)
+    rows, skipped = {"preferences": preferences, "overrides": overrides, "cost": cost}[kind](
+        run_dir
+    )
     if not rows:
         raise DataError(f"{run_dir}: no human {kind} to export (skipped: {skipped or 'none'})")
     atomic.write_text(Path(output), "".join(json.dumps(r) + "\n" for r in rows))

@@ -84,6 +84,14 @@ def finding_content(
             "behaviour_id": behaviour_id, "category": category}  # fmt: skip
 
 
+def sample_content(row: dict) -> dict:
+    """What identifies an evaluation sample (an ``eval_items.jsonl`` row): its text, kind and
+    category. The same answer to the same prompt is one item wherever it appears (in the base
+    and in the trained model's run): one verdict of the people applies to both."""
+    return {"prompt": row["prompt"], "response": row["response"], "kind": row.get("kind"),
+            "category": row.get("category")}  # fmt: skip
+
+
 def _num(v: object) -> bool:
     return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
 
@@ -178,8 +186,7 @@ def _samples(run: Path, path: Path, rows: list[dict], report: LoadReport) -> lis
             continue
         raw = row.get("scores") if isinstance(row.get("scores"), dict) else {}
         scores = {k: float(v) for k, v in raw.items() if v is not None and _num(v)}
-        content = {"prompt": row["prompt"], "response": row["response"],
-                   "kind": row.get("kind"), "category": row.get("category")}  # fmt: skip
+        content = sample_content(row)
         harm = [_harm(k, v) for k, v in scores.items() if _harm(k, v) is not None]
         groups: dict[str, list[float]] = {}
         for k, v in scores.items():
