@@ -319,3 +319,21 @@ def test_generate_model_errors_exit_2(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     result = invoke("generate", "--model", f"openai:m@{url}", "--prompt", "x", "--max-retries", 0)
     assert_user_error(result, url)
+
+
+def test_threads_option_sets_torch_threads(monkeypatch):
+    """`alignkit --threads N CMD` (or ALIGNKIT_THREADS) sets torch's CPU threads before the
+    command runs; 0 is refused."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        seen = []
+        monkeypatch.setattr(torch, "set_num_threads", seen.append)
+        assert invoke("--threads", "1", "testbed", "--help").exit_code == 0
+        monkeypatch.setenv("ALIGNKIT_THREADS", "3")
+        assert invoke("testbed", "--help").exit_code == 0
+        assert seen == [1, 3]
+        assert invoke("--threads", "0", "testbed", "--help").exit_code == 2
+    finally:
+        torch.set_num_threads(before)
