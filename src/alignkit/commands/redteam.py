@@ -38,18 +38,18 @@ def asr_table(results: dict) -> Table:
     rate = rate_name(results)
     title = "attack success rate" if rate == "ASR" else f"{rate} (not harm)"
     table = Table(title=f"{title} (per behaviour)", title_justify="left")
-    for column in ("attack", f"{rate} [95% CI]", "behaviours", "queries / success", "self-BLEU"):
+    errored = results.get("errored") or {}
+    columns = ["attack", f"{rate} [95% CI]", "behaviours", "queries / success", "self-BLEU"]
+    columns += ["errored"] if errored.get("all") else []  # attempts without a reply
+    for column in columns:
         table.add_column(column, justify="left" if column == "attack" else "right")
     qps, div = results["queries_per_success"], results["diversity_self_bleu"]
     for attack, estimate in results["asr"].items():
         q, d = qps.get(attack), div.get(attack)
-        table.add_row(
-            attack,
-            _ci(estimate),
-            str(estimate["n"]),
-            "" if q is None else f"{q:.1f}",
-            "" if d is None else f"{d:.2f}",
-        )
+        cells = [attack, _ci(estimate), str(estimate["n"])]
+        cells += ["" if q is None else f"{q:.1f}", "" if d is None else f"{d:.2f}"]
+        cells += [str(errored.get(attack, 0))] if errored.get("all") else []
+        table.add_row(*cells)
     return table
 
 
@@ -62,6 +62,12 @@ def _print_results(results: dict) -> None:
     for judge, stats in results["judge_agreement"].items():
         print_note(f"judge {judge}: {stats['agreement']:.1%} agreement with ground truth "
                    f"(n={stats['n']})")  # fmt: skip
+    errored = (results.get("errored") or {}).get("all", 0)
+    if errored:
+        print_note(
+            f"{errored} errored attempts (the target failed: no reply) are counted neither as "
+            "successes nor as failures; rates are over answered attempts"
+        )
 
 
 @config_command(group, "run", RedTeamConfig)
@@ -72,13 +78,20 @@ def run(config: RedTeamConfig) -> None:
     result = run_campaign(config)
     if result.summary is not None:
         s = result.summary
+        again = f", {s.retried} errored attempts sent again ({s.recovered} answered)"
         print_note(
             f"this run: {s.attempts} attempts in {s.rounds} rounds, {s.successes} successes, "
-            f"{s.errors} target errors; stopped: {s.stopped}; store holds {s.total_attempts}"
+            f"{s.errors} target errors{again if s.retried else ''}; stopped: {s.stopped}"
         )
     if result.qd is not None:
         print_note(f"quality-diversity coverage: {result.qd.coverage:.1%}")
     _print_results(result.results)
+    held = f"; {result.summary.pending} may go away: run again to retry them"
+    pending = result.summary is not None and result.summary.pending
+    print_note(  # read from the store at the end: every attack's rows, quality-diversity too
+        f"store holds {result.results['attempts']} attempts, "
+        f"{result.results['errors']} errored{held if pending else ''}"
+    )
     for kind, path in result.report.items():
         print_note(f"report ({kind}): {path}")
 

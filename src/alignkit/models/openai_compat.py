@@ -6,6 +6,10 @@ Model string: ``openai:MODEL@BASE_URL``, e.g.
 * Generation sends one request per prompt, at most ``options.max_concurrency`` at a time,
   through the official ``openai`` client (its own retries off: :mod:`alignkit.models.retry`
   retries 429 / 5xx / connection errors with backoff, within ``options.retry_budget``).
+  Requests of one call succeed or fail one by one, so a failure never throws away answers
+  already received: :meth:`OpenAIBackend.generate_each` gives each prompt its completion or
+  its error, and :meth:`OpenAIBackend.generate` raises a :class:`PartialBatchError` carrying
+  the completions that did arrive when some requests of the call failed.
 * ``options.api='chat'`` sends chat messages (the server applies the chat template);
   ``'completions'`` sends plain-text prompts to the legacy completions endpoint.
 * The API key is read from the environment variable ``options.api_key_env``; local servers
@@ -28,12 +32,11 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import openai
 
-from alignkit.errors import BackendError, DataError, ModelError, UnsupportedError
+from alignkit.errors import AlignkitError, BackendError, DataError, ModelError, UnsupportedError
 from alignkit.models.base import (
     BackendOptions,
     Completion,
@@ -44,7 +47,14 @@ from alignkit.models.base import (
     TokenLogprobs,
     as_messages,
 )
-from alignkit.models.retry import RequestContext, RetryPolicy, call_with_retries, describe_failure
+from alignkit.models.retry import (
+    PartialBatchError,
+    RequestContext,
+    RetryPolicy,
+    call_each,
+    call_with_retries,
+    describe_failure,
+)
 from alignkit.models.sampling import request_seed, sample_keys
 
 logger = logging.getLogger(__name__)
@@ -187,16 +197,50 @@ class OpenAIBackend:
         """
         config = config or GenerationConfig()
         inputs = [self._render(i, p) for i, p in enumerate(prompts)]
+        outcomes = self._generate(prompts, inputs, config, stop_on_error=True)
+        errors = [o if isinstance(o, AlignkitError) else None for o in outcomes]
+        if not any(errors):
+            return outcomes  # type: ignore[return-value]
+        completions = [o if isinstance(o, Completion) else None for o in outcomes]
+        if not any(completions):
+            raise next(e for e in errors if e is not None)
+        raise PartialBatchError(completions, errors)
+
+    def generate_each(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None
+    ) -> list[Completion | AlignkitError]:
+        """Like :meth:`generate`, but every prompt is sent whatever happens to the others, and
+        each gets its completion or the error that ended its request (after retries): one
+        failing request costs only its own prompt. A :class:`TransientBackendError` (429, 5xx,
+        no connection) may go away if sent again; other errors would fail the same way."""
+        config = config or GenerationConfig()
+        inputs = [_rendered(self._render, i, p) for i, p in enumerate(prompts)]
+        return self._generate(prompts, inputs, config, stop_on_error=False)  # type: ignore[return-value]
+
+    def _generate(
+        self,
+        prompts: Sequence[Prompt],
+        inputs: Sequence[Any],
+        config: GenerationConfig,
+        stop_on_error: bool,
+    ) -> list[Completion | AlignkitError | None]:
+        """Send one request per rendered input (an error in ``inputs`` stands for itself)."""
         params = _sampling_params(config)
         if config.seed is None:
             requests = [(item, params) for item in inputs]
         else:
             seeds = [request_seed(key) for key in sample_keys(prompts, config.seed)]
             requests = [(item, params | {"seed": s}) for item, s in zip(inputs, seeds, strict=True)]
-        completions = self._map(lambda request: self._complete(*request), requests)
-        for completion in completions:
+
+        def one(request: tuple[Any, dict[str, Any]]) -> Completion:
+            item, request_params = request
+            if isinstance(item, AlignkitError):
+                raise item
+            completion = self._complete(item, request_params)
             completion.text = _strip_stop(completion.text, config.stop)
-        return completions
+            return completion
+
+        return self._outcomes(one, requests, stop_on_error)
 
     def _render(self, index: int, prompt: Prompt) -> str | list[Message]:
         """Chat messages (chat API) or the prompt text (completions API) of one prompt."""
@@ -386,19 +430,20 @@ class OpenAIBackend:
 
     # ----- plumbing -----
 
-    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """``[fn(x) for x in items]`` with at most ``max_concurrency`` calls at once."""
+    def _outcomes(
+        self, fn: Callable[[T], R], items: Sequence[T], stop_on_error: bool
+    ) -> list[R | AlignkitError | None]:
         workers = min(self.options.max_concurrency, len(items))
-        if workers <= 1:
-            return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alignkit-openai") as pool:
-            futures = [pool.submit(fn, x) for x in items]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        return call_each(fn, items, workers, stop_on_error, "alignkit-openai")
+
+    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(x) for x in items]`` with at most ``max_concurrency`` calls at once; the
+        first error stops the sending and is raised."""
+        outcomes = self._outcomes(fn, items, stop_on_error=True)
+        for outcome in outcomes:
+            if isinstance(outcome, AlignkitError):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -423,6 +468,14 @@ def _sampling_params(config: GenerationConfig) -> dict[str, Any]:
     if config.top_k:
         params["extra_body"] = {"top_k": config.top_k}
     return params
+
+
+def _rendered(render: Callable[[int, Prompt], Any], index: int, prompt: Prompt) -> Any:
+    """The rendered prompt, or the error that refused it (it then stands for the request)."""
+    try:
+        return render(index, prompt)
+    except UnsupportedError as exc:
+        return exc
 
 
 def _strip_stop(text: str, stop: Sequence[str]) -> str:

@@ -5,7 +5,12 @@ other HTTP error (400, 401, 404, 422, ...) is raised at once. Each request gets 
 ``max_retries`` retries and at most ``budget`` seconds of sleeping in total; a
 ``Retry-After`` header, when the server sends one, replaces the computed delay (capped by
 what is left of the budget). Errors come out as one :class:`BackendError` that names the
-server, the model and what went wrong, and never the API key.
+server, the model and what went wrong, and never the API key. A failure that may go away
+(the retryable kinds above, after the retries ran out) comes out as its subclass
+:class:`TransientBackendError`, so callers that keep work (red-team campaigns) can try it
+again later instead of recording it as final. :func:`call_each` runs many such requests
+concurrently and keeps each one's result or error, so one failure never discards answers that
+did arrive (:class:`PartialBatchError` carries them where a call must raise).
 """
 
 from __future__ import annotations
@@ -15,20 +20,45 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import openai
 
-from alignkit.errors import BackendError
+from alignkit.errors import AlignkitError, BackendError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 RETRYABLE_STATUS = frozenset({408, 429})
 """HTTP statuses below 500 worth retrying: request timeout and rate limit (all 5xx are too)."""
+
+
+class TransientBackendError(BackendError):
+    """A failure that may go away (429, 408, 5xx, no connection, a timeout) and outlasted the
+    retries: worth trying again later, unlike a 400 or 404, which would fail the same way."""
+
+    transient = True
+
+
+class PartialBatchError(BackendError):
+    """Some requests of one call failed, others answered (after their retries).
+
+    The message is the first failure's. ``completions`` has one entry per prompt: the answer,
+    or None where the request failed or was never sent (a call may stop sending after a
+    failure); ``errors`` has the error of each failed prompt, None elsewhere. Callers keep the
+    answers and send again only the prompts without one.
+    """
+
+    def __init__(self, completions: list[Any], errors: list[AlignkitError | None]) -> None:
+        first = next(e for e in errors if e is not None)
+        super().__init__(first.message)
+        self.completions, self.errors = completions, errors
+        self.transient = bool(getattr(first, "transient", False))
 
 
 @dataclass(frozen=True)
@@ -130,7 +160,8 @@ class RequestContext:
     def error(
         self, what: str, exc: BaseException, retries: int = 0, note: str = ""
     ) -> BackendError:
-        """One clear :class:`BackendError`, with the key (if any) scrubbed out."""
+        """One clear :class:`BackendError`, with the key (if any) scrubbed out; a
+        :class:`TransientBackendError` when the failure is of a kind that may go away."""
         reason = describe_failure(exc, self.timeout)
         if isinstance(exc, openai.APIConnectionError) and not isinstance(
             exc, openai.APITimeoutError
@@ -142,7 +173,8 @@ class RequestContext:
             head += f" after {retries} {'retry' if retries == 1 else 'retries'}"
         if note:
             head += f" ({note})"
-        return BackendError(self.redact(head))
+        kind = TransientBackendError if is_retryable(exc) else BackendError
+        return kind(self.redact(head))
 
 
 def call_with_retries(
@@ -180,3 +212,45 @@ def call_with_retries(
             sleep(delay)
             slept += delay
             retries += 1
+
+
+def call_each(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    stop_on_error: bool = False,
+    name: str = "alignkit-request",
+) -> list[R | AlignkitError | None]:
+    """``fn(x)`` or the :class:`AlignkitError` it raised, per item, ``workers`` calls at once.
+
+    One failing call never discards the others' results. With ``stop_on_error`` no new call
+    starts after an error (calls in flight finish; items never started get None). Other
+    exceptions (bugs, interrupts) are raised once the calls in flight are done.
+    """
+    out: list[R | AlignkitError | None] = [None] * len(items)
+    if workers <= 1:
+        for i, x in enumerate(items):
+            try:
+                out[i] = fn(x)
+            except AlignkitError as exc:
+                out[i] = exc
+                if stop_on_error:
+                    break
+        return out
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION if stop_on_error else ALL_COMPLETED)
+        except BaseException:  # an interrupt: start nothing new, let those in flight end
+            for f in futures:
+                f.cancel()
+            raise
+        if stop_on_error:
+            for f in futures:
+                f.cancel()  # after an error: start nothing new
+    for i, f in enumerate(futures):
+        error = None if f.cancelled() else f.exception()
+        if error is not None and not isinstance(error, AlignkitError):
+            raise error
+        out[i] = None if f.cancelled() else (error or f.result())
+    return out

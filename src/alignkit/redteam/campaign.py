@@ -1,18 +1,37 @@
 """``RedTeaming``: attacks x behaviours against one target, resumable, with caps.
 
 Each round asks every unfinished (attack, behaviour) pair for its next candidates (from the
-stored history and an RNG seeded by the pair and the round), sends all of them to the target in
-one batched call (:func:`~alignkit.redteam.target.query_target`: concurrent on a server,
-batched locally, errors isolated per prompt), scores the replies with the primary judge (the
-success decision) and any extra judges, and stores the round in one transaction. A pair is
-finished when it succeeds (with ``early_stop``), spends its attempt budget, or its attack has
-nothing more to propose. A campaign stops when every pair is finished or a cap (total queries,
-wall time) is reached; running it again resumes exactly where the store left off.
+stored history and an RNG seeded by the pair and the round). Candidates are sent to the target
+in batched calls (:func:`~alignkit.redteam.target.query_target`: concurrent on a server,
+batched locally, errors isolated per prompt), the replies are scored with the primary judge (the
+success decision) and any extra judges, and the attempts are stored in chunks as the round goes:
+a chunk is flushed once ``chunk_size`` candidates are waiting or ``flush_seconds`` have passed,
+and a white-box attack's pair (GCG: minutes of optimisation) is flushed on its own, so a killed
+campaign loses at most one chunk. A pair's proposals depend only on its own history, so where a
+round is cut into chunks changes nothing that is stored; the pairs of an interrupted round that
+were stored are remembered (meta ``round_in_progress``, written with each chunk), and a rerun
+first finishes that round with the other pairs: the rows are those of an uninterrupted run,
+query caps included.
+
+An attempt the target failed with an error that may go away (429, 5xx, no connection: after
+the backend's own retries) holds its pair back: the attack is not asked for more candidates
+until the attempt has an answer, so the history an attack sees, and everything it proposes
+from it, is what a fault-free run would have. Such an attempt is sent again on the next round,
+at most ``max_tries`` times per run in all (a rerun gives it ``max_tries`` more); the store
+counts its tries. Errors that would repeat (a prompt the server rejects, a local model error)
+are final and count as a try without a reply, as before. ``max_queries`` counts stored
+attempts (sending one again adds none); as a held-back pair sits out rounds, a capped
+campaign with faults may stop at another pair than a fault-free one would.
+
+A pair is finished when it succeeds (with ``early_stop``), spends its attempt budget, or its
+attack has nothing more to propose. A campaign stops when every pair is finished or a cap
+(total queries, wall time: checked after each chunk) is reached, or when only pairs held back
+by errors are left (``stopped="errored"``); running it again resumes exactly where the store
+left off.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -40,16 +59,24 @@ from alignkit.redteam.target import query_target
 AttackSpec = str | Attack | tuple[str, dict]
 
 
+ROUND_KEY = "round_in_progress"
+"""Store meta: the (attack, behaviour) pairs of the unfinished round that are stored."""
+
+
 @dataclass
 class CampaignSummary:
     """What one ``run()`` did (this run only) and why it stopped."""
 
     rounds: int = 0
-    attempts: int = 0
-    successes: int = 0
-    errors: int = 0
-    stopped: str = "finished"  # finished | max_queries | max_time
+    attempts: int = 0  # new attempts stored
+    successes: int = 0  # successes among the attempts sent (new and retried)
+    errors: int = 0  # attempts sent (new and retried) that the target failed
+    retried: int = 0  # errored attempts of earlier rounds or runs sent again
+    recovered: int = 0  # ... of which got an answer
+    stopped: str = "finished"  # finished | max_queries | max_time | errored
     total_attempts: int = 0  # in the store, earlier runs included
+    errored: int = 0  # errored attempts in the store
+    pending: int = 0  # ... of which may go away: a rerun sends them again
     done: dict[str, int] = field(default_factory=dict)  # finish reason -> pairs
 
 
@@ -60,6 +87,11 @@ class _Proposal:
     step: int
     index: int
     candidate: Candidate
+    retry: bool = False  # sends a stored errored attempt again
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.attack, self.behaviour.id, self.step, self.index)
 
 
 class RedTeaming:
@@ -68,6 +100,9 @@ class RedTeaming:
     ``RedTeaming("testbed", ["templates"], "testbed", store="runs/rt/campaign.sqlite").run()``
     ``attacks`` are registry names, ``(name, options)`` pairs or built attacks; ``judge`` is the
     primary judge (a registry name or a Judge), ``extra_judges`` are recorded beside it.
+    ``max_tries``: sends per run of an attempt the target failed with an error that may go
+    away; ``chunk_size`` / ``flush_seconds``: how many candidates, or how many seconds, make a
+    chunk that is queried, judged and stored before the round goes on.
     """
 
     def __init__(
@@ -89,7 +124,12 @@ class RedTeaming:
         n_behaviours: int | None = None,
         progress: bool | None = None,
         attack_behaviours: dict[str, int] | None = None,
+        max_tries: int = 3,
+        chunk_size: int = 64,
+        flush_seconds: float = 10.0,
     ) -> None:
+        if max_tries < 1 or chunk_size < 1:
+            raise ConfigError("max_tries and chunk_size must be at least 1")
         self.store = store if isinstance(store, CampaignStore) else CampaignStore(store)
         self.behaviours = _behaviours(behaviours, n_behaviours, seed)
         if not self.behaviours:
@@ -112,6 +152,11 @@ class RedTeaming:
         self.max_time = max_time
         self.early_stop = early_stop
         self.progress = progress
+        self.max_tries = max_tries
+        self.chunk_size = chunk_size
+        self.flush_seconds = flush_seconds
+        self._tries: dict[tuple[str, str, int, int], int] = {}  # sends in this run
+        self._waiting: set[tuple[str, str]] = set()  # pairs held back by errors, no tries left
         self.limits = dict(attack_behaviours or {})
         unknown = sorted(set(self.limits) - {a.meta.name for a in self.attacks})
         if unknown:
@@ -133,7 +178,12 @@ class RedTeaming:
     # ------------------------------------------------------------------ one round
 
     def _next(self, attack: Attack, behaviour: Behaviour) -> list[_Proposal]:
+        """The pair's next candidates: its errored attempts to send again if it has any (the
+        attack waits for their answers), else what the attack proposes from the history."""
         name = attack.meta.name
+        errored = self.store.retryable(name, behaviour.id)
+        if errored:
+            return self._retries(name, behaviour, errored)
         if self.store.is_done(name, behaviour.id):
             return []
         history = self.store.history(name, behaviour.id)
@@ -151,6 +201,18 @@ class RedTeaming:
         self.store.mark_done(name, behaviour.id, finished)
         return []
 
+    def _retries(self, name: str, behaviour: Behaviour, errored: list[Attempt]) -> list[_Proposal]:
+        """Errored attempts sent again, as they were proposed (those with tries left)."""
+        out = []
+        for a in errored:
+            if self._tries.get((name, behaviour.id, a.step, a.index), 0) >= self.max_tries:
+                self._waiting.add((name, behaviour.id))
+                continue
+            meta = {k: v for k, v in a.meta.items() if k != "judge_errors"}
+            candidate = Candidate(a.prompt, a.style, a.parent, meta)
+            out.append(_Proposal(name, behaviour, a.step, a.index, candidate, retry=True))
+        return out
+
     def _finished(self, history: list[Attempt]) -> str | None:
         if self.early_stop and any(a.success for a in history):
             return "success"
@@ -166,7 +228,8 @@ class RedTeaming:
         except AlignkitError as exc:
             return [f"judge error: {exc.message}"] * len(props)
 
-    def _round(self, proposals: list[_Proposal]) -> list[Attempt]:
+    def _query(self, proposals: list[_Proposal]) -> tuple[list[Attempt], list[bool]]:
+        """Send, judge and build the attempts of ``proposals``, with their errors' transience."""
         replies = query_target(
             self.target, [p.candidate.prompt for p in proposals], self.generation
         )
@@ -202,7 +265,7 @@ class RedTeaming:
                     category=p.behaviour.category,
                 )
             )
-        return attempts
+        return attempts, [r.transient for r in replies]
 
     # ------------------------------------------------------------------ the loop
 
@@ -214,55 +277,113 @@ class RedTeaming:
         """Rounds until every (attack, behaviour) pair is finished or a cap is reached."""
         summary = CampaignSummary()
         self.store.set_meta("judges", self.definitions())
+        self._tries.clear()
         start = time.monotonic()
         pairs = sum(len(self._targets(a)) for a in self.attacks)
+        stored = {tuple(p) for p in self.store.get_meta(ROUND_KEY) or []}
         with _bar(self.progress, pairs) as bar:
             while True:
-                proposals = [
-                    p for a in self.attacks for b in self._targets(a) for p in self._next(a, b)
-                ]
-                bar(len(self.store.done()), self.store.count())
-                if not proposals:
-                    break
-                if self.max_queries is not None:
-                    proposals = _whole_rounds(proposals, self.max_queries - self.store.count())
-                    if not proposals:
-                        summary.stopped = "max_queries"
-                        break
-                attempts = self._round(proposals)
-                self.store.add_round(attempts)
-                summary.rounds += 1
-                summary.attempts += len(attempts)
-                summary.successes += sum(a.success for a in attempts)
-                summary.errors += sum(a.error is not None for a in attempts)
-                if self.max_time is not None and time.monotonic() - start >= self.max_time:
-                    summary.stopped = "max_time"
+                stop = _Round(self, summary, bar, start, stored).run()
+                stored = set()
+                if stop is not None:
+                    summary.stopped = stop
                     break
         summary.total_attempts = self.store.count()
+        errored = self.store.errored()
+        summary.errored, summary.pending = errored["errored"], errored["transient"]
         for reason in self.store.done().values():
             summary.done[reason] = summary.done.get(reason, 0) + 1
         return summary
 
 
-def _whole_rounds(proposals: list[_Proposal], room: int) -> list[_Proposal]:
-    """The longest prefix of whole (attack, behaviour) rounds within ``room`` queries: a round
-    is never cut, so a capped campaign resumes exactly as an uncapped one would have run."""
-    kept: list[_Proposal] = []
-    for _, group in itertools.groupby(proposals, key=lambda p: (p.attack, p.behaviour.id)):
-        round_ = list(group)
-        if len(kept) + len(round_) > room:
-            break
-        kept += round_
-    return kept
+class _Round:
+    """One round of a campaign: every pair's next candidates, queried, judged and stored in
+    chunks. ``stored``: pairs of this round that an interrupted run already stored."""
+
+    def __init__(self, campaign: RedTeaming, summary: CampaignSummary, bar, start, stored):
+        self.c, self.summary, self.bar, self.start = campaign, summary, bar, start
+        self.skip = stored
+        self.flushed: list[tuple[str, str]] = sorted(stored)  # pairs of this round stored
+        self.pending: list[_Proposal] = []
+        self.last_flush = time.monotonic()
+
+    def run(self) -> str | None:
+        """Play the round; why the campaign stops (None: go on to the next round)."""
+        c = self.c
+        c._waiting.clear()
+        count = c.store.count()
+        self.bar(len(c.store.done()), count)
+        room = None if c.max_queries is None else c.max_queries - count
+        proposed = cut = False
+        kept = 0  # new attempts of this run's part of the round (room counts the stored part)
+        for attack in c.attacks:
+            slow = "white-box" in attack.meta.needs  # minutes per pair: store it on its own
+            for behaviour in c._targets(attack):
+                if (attack.meta.name, behaviour.id) in self.skip:
+                    continue
+                if slow and self.pending and self._flush():
+                    return "max_time"
+                proposals = c._next(attack, behaviour)
+                proposed |= bool(proposals)
+                new = sum(not p.retry for p in proposals)
+                if new and (cut or (room is not None and kept + new > room)):
+                    # a pair's round is never cut, and the round stops at the first pair that
+                    # does not fit: a capped campaign resumes as an uncapped one would run
+                    cut = True
+                    proposals = [p for p in proposals if p.retry]
+                kept += new if not cut else 0
+                self.pending += proposals
+                due = len(self.pending) >= c.chunk_size
+                due |= time.monotonic() - self.last_flush >= c.flush_seconds
+                if self.pending and (slow or due) and self._flush():
+                    return "max_time"
+        if self._flush(last=True):
+            return "max_time"
+        if len(self.flushed) > len(self.skip):  # this run stored some of the round
+            self.summary.rounds += 1
+            return None
+        if self.skip:  # an interrupted run stored all of the round that fits
+            return None
+        if proposed:  # nothing fits under max_queries
+            return "max_queries"
+        return "errored" if c._waiting else "finished"
+
+    def _flush(self, last: bool = False) -> bool:
+        """Query, judge and store the waiting candidates (with the round's progress, cleared
+        after the round's last chunk); True when the campaign's time is up."""
+        c, proposals = self.c, self.pending
+        self.pending = []
+        if proposals:
+            attempts, transient = c._query(proposals)
+            for p in proposals:
+                pair = (p.attack, p.behaviour.id)
+                if pair not in self.flushed:
+                    self.flushed.append(pair)
+            meta = {ROUND_KEY: [] if last else [list(p) for p in self.flushed]}
+            c.store.add_round(attempts, transient, meta=meta)
+            self._count(proposals, attempts)
+            self.bar(len(c.store.done()), c.store.count())
+        elif last:
+            c.store.set_meta(ROUND_KEY, [])
+        self.last_flush = time.monotonic()
+        return c.max_time is not None and time.monotonic() - self.start >= c.max_time
+
+    def _count(self, proposals: list[_Proposal], attempts: list[Attempt]) -> None:
+        s = self.summary
+        for p, a in zip(proposals, attempts, strict=True):
+            self.c._tries[p.key] = self.c._tries.get(p.key, 0) + 1
+            s.attempts += not p.retry
+            s.retried += p.retry
+            s.recovered += p.retry and a.error is None
+            s.successes += a.success
+            s.errors += a.error is not None
 
 
 class _bar:
     """A progress bar over (attack, behaviour) pairs finished, with the attempts so far."""
 
     def __init__(self, show: bool | None, total: int) -> None:
-        import sys
-
-        self.show = sys.stderr.isatty() if show is None else show
+        self.show = True if show is None else show  # plain lines when not on a terminal
         self.total = total
 
     def __enter__(self):

@@ -36,7 +36,6 @@ import copy
 import inspect
 import logging
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -80,7 +79,8 @@ class GCGConfig:
     buffer). ``batch_size`` is the most candidates per forward pass to try (None: all of them);
     a pass that runs out of memory is retried with half as many (accelerate's
     ``find_executable_batch_size``), and later passes start from the size that fitted.
-    ``progress`` (alignkit's own) shows a progress bar; None shows it on a terminal.
+    ``progress`` (alignkit's own) shows progress; None shows it (a live bar on a terminal,
+    a plain line every 30 s elsewhere).
     """
 
     num_steps: int = 250
@@ -305,7 +305,7 @@ class GradientBasedRedTeaming:
         buffer = self._init_buffer(problems, lead, generator)
         losses, strings, times = [], [], []
         best_loss, best_string, early = float("inf"), "", False
-        show = config.progress if config.progress is not None else sys.stderr.isatty()
+        show = config.progress if config.progress is not None else True  # plain off a terminal
         with _progress_bar(config.num_steps, show) as advance:
             for step in range(config.num_steps):
                 start = time.perf_counter()

@@ -25,7 +25,6 @@ With the rule-based mutator (the default, and the only attacker the testbed can 
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,7 +329,7 @@ class MultiObjectiveRedTeaming:
         a rerun resumes), each with ``batch_size`` candidates; the result covers all."""
         if iterations < 0 or batch_size < 1:
             raise ConfigError("quality-diversity: iterations >= 0 and batch_size >= 1 needed")
-        show = sys.stderr.isatty() if self.progress is None else self.progress
+        show = True if self.progress is None else self.progress  # plain off a terminal
         todo = range(self.completed, iterations)
         if show and todo:
             with make_progress() as bar:

@@ -1,8 +1,11 @@
 """``run_campaign``: what ``alignkit redteam run`` does, callable from Python.
 
 Inputs (behaviour file, attack names, judges) are checked before the target loads; the store
-remembers the campaign's identity (target, behaviours, attacks, judge), and resuming a store
-with a different identity is refused rather than mixing two campaigns in one table.
+remembers the campaign's identity (target model, behaviours, judge), and resuming a store that
+holds attempts of a different identity is refused rather than mixing two campaigns in one
+table. The target's identity is the model, not where it is served: ``openai:MODEL@URL`` is
+``openai:MODEL``, so a campaign can resume against the same model at another address (a server
+that moved, or a first run that was pointed at a closed port).
 """
 
 from __future__ import annotations
@@ -26,9 +29,22 @@ class CampaignRun:
     report: dict[str, Path] = field(default_factory=dict)
 
 
+def model_identity(target: str) -> str:
+    """What names a target model whatever serves it: ``openai:MODEL`` for an OpenAI-compatible
+    server (the URL left out), the model string otherwise."""
+    from alignkit.errors import ModelError
+    from alignkit.models.base import ModelSpec
+
+    try:
+        spec = ModelSpec.parse(target)
+    except ModelError:
+        return target
+    return f"openai:{spec.model}" if spec.kind == "openai" else str(spec)
+
+
 def _identity(config: RedTeamConfig) -> dict:
     return {
-        "target": config.target,
+        "target": model_identity(config.target),
         "behaviours": config.behaviours,
         "n_behaviours": config.n_behaviours,
         "primary_judge": config.primary_judge(),
@@ -36,9 +52,12 @@ def _identity(config: RedTeamConfig) -> dict:
 
 
 def _check_store(store, config: RedTeamConfig) -> None:
+    """Refuse a store holding another campaign's attempts; stamp this campaign's identity."""
     stored = store.get_meta("identity")
     mine = _identity(config)
-    if stored is not None and stored != mine:
+    if stored is not None and isinstance(stored.get("target"), str):
+        stored = {**stored, "target": model_identity(stored["target"])}  # older stamps: URLs
+    if stored is not None and stored != mine and store.count() > 0:
         diff = [k for k in IDENTITY_KEYS if stored.get(k) != mine.get(k)]
         raise ConfigError(
             f"{store.path} holds a campaign with a different {', '.join(diff)} "
@@ -121,6 +140,10 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             **config.attack_options.get("quality-diversity", {}),
         )
         run.qd = qd.run(iterations=config.qd_iterations, batch_size=config.qd_batch_size)
+    if run.summary is not None:  # the store's counts now, quality-diversity rows included
+        errored = store.errored()
+        run.summary.total_attempts = store.count()
+        run.summary.errored, run.summary.pending = errored["errored"], errored["transient"]
     evaluator = RedTeamingEvaluator(store, seed=config.seed)
     run.results = evaluator.to_dict()
     evaluator.save(out)
