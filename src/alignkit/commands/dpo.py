@@ -18,7 +18,15 @@ def register(app: typer.Typer) -> None:
         """Train a model on preference data (DPO, IPO, SimPO, ...); optional SFT first."""
         from alignkit.dpo.pipeline import DPOPipeline
 
-        result = DPOPipeline(config).run()
+        # --resume typed on the command line insists on a run to continue; resume: true in a
+        # --config file (one file for the first run and every rerun) starts one if there is none
+        insist = config.resume and _given_on_command_line("resume")
+        result = DPOPipeline(config).run(require_run=insist)
+        if result.already_finished:
+            print_note(
+                f"{result.output_dir} holds a finished run: nothing to resume, nothing was "
+                "trained (pass --overwrite to train it again)"
+            )
         table = Table(title=f"DPO ({config.loss_type}, beta={config.beta})", title_justify="left")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -26,4 +34,15 @@ def register(app: typer.Typer) -> None:
             table.add_row(key, f"{result.metrics[key]:.4g}")
         stdout().print(table)
         print_note(f"data: {result.data_report.get('summary', result.data_report)}")
-        print_note(f"model saved to {result.model_path}")
+        saved = "is in" if result.already_finished else "saved to"
+        print_note(f"model {saved} {result.model_path}")
+
+
+def _given_on_command_line(name: str) -> bool:
+    """Whether option ``name`` was typed on the command line of the running command (not taken
+    from --config or its default). Typer vendors click and has no public accessor of the
+    current context, hence the private import."""
+    from typer._click.globals import get_current_context
+
+    source = get_current_context().get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"

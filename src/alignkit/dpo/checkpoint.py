@@ -2,7 +2,10 @@
 
 A checkpoint is a directory ``checkpoints/step-NNNNNN`` written under a temporary name and
 renamed when complete, so a run killed mid-write (even with SIGKILL) leaves either the old
-checkpoint or the new one, never half of one.
+checkpoint or the new one, never half of one: a checkpoint of the same step that is replaced is
+first renamed aside (:func:`swap_dir`), never deleted file by file under its own name. Names
+with a dot (``.tmp``, ``.old``) are never loaded. Metric rows are appended one line at a time;
+a line torn by a kill is dropped when the run resumes (:func:`trim_metrics`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from alignkit.atomic import replace_dir
+from alignkit.atomic import replace_dir, write_text
 
 STATE_FILE = "trainer_state.pt"
 
@@ -53,15 +56,28 @@ def save_checkpoint(
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in [*root.glob("step-*.tmp"), *root.glob("step-*.old")]:  # of a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
-    replace_dir(tmp, final)
+    swap_dir(tmp, final)
     old = sorted(root.glob("step-??????"), key=lambda p: p.name)[:-keep] if keep else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def swap_dir(tmp: Path, final: Path) -> None:
+    """Put the finished directory ``tmp`` at ``final``. A directory already at ``final`` is
+    renamed aside first and removed after, so a kill at any point leaves ``final`` whole (old or
+    new) or absent, never half deleted."""
+    final = Path(final)
+    aside = final.with_name(f"{final.name}.old")
+    if final.exists():
+        replace_dir(final, aside)  # one rename
+    replace_dir(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
@@ -70,9 +86,16 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after ``step`` (they are redone after a resume)."""
+    """Drop metric rows logged after ``step`` (they are redone after a resume) and a line torn by
+    a kill mid-write; the file is rewritten atomically."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+    write_text(path, "".join(f"{line}\n" for line in kept))

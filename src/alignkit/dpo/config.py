@@ -84,7 +84,17 @@ class DPOConfig(CommandConfig):
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
     logging_steps: int = Field(1, ge=1)
-    resume: bool = Field(False, description="Continue from the last checkpoint in output_dir.")
+    resume: bool = Field(
+        False,
+        description="Continue the run in output_dir from its last checkpoint, with the same "
+        "settings and total (--resume refuses a directory without a run; resume: true in a "
+        "--config file starts one there).",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace the run in output_dir: remove its checkpoints, metrics and models "
+        "first (other files there are kept).",
+    )
     tensorboard: bool = Field(False, description="Also log metrics to TensorBoard.")
     kl_samples: int = Field(32, ge=0, description="Prompts sampled to estimate KL(policy || ref).")
     sft_epochs: float = Field(0.0, ge=0, description="DPOPipeline: SFT epochs on chosen first.")

@@ -2,19 +2,28 @@
 
 SFT writes a full model to ``output_dir/sft``; DPO then starts from it, so the DPO reference
 is the SFT model, as in the DPO paper (Rafailov et al. 2023, section 4: "pi_ref = pi_SFT").
+
+The output directory holds one run: before any model is loaded it is checked
+(:func:`~alignkit.dpo.outputs.check_output_dir`: another run there is refused unless ``resume``
+or ``overwrite``; a resumed run must have the same total and settings), and ``run.json`` records
+the run's settings. The SFT model, the final model and ``summary.json`` (written last: a run
+with one has finished) appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from alignkit.atomic import write_text
 from alignkit.dpo.config import DPOConfig
+from alignkit.errors import ConfigError
 
 
 @dataclass
@@ -23,6 +32,7 @@ class PipelineResult:
     model_path: Path
     metrics: dict[str, float] = field(default_factory=dict)
     data_report: dict = field(default_factory=dict)
+    already_finished: bool = False  # resume of a finished run: nothing was trained
 
 
 def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None = None) -> Path:
@@ -105,20 +115,64 @@ class DPOPipeline:
         base = config or DPOConfig()
         self.config = DPOConfig.model_validate({**base.model_dump(), **overrides})
 
-    def run(self) -> PipelineResult:
+    def run(self, *, require_run: bool = False) -> PipelineResult:
+        """Run SFT (if asked), DPO and the evaluation; save the model and ``summary.json``.
+
+        ``require_run`` (``--resume`` on the command line) makes ``resume`` into a directory
+        without a run an error instead of starting one there."""
+        from alignkit.dpo.checkpoint import swap_dir
+        from alignkit.dpo.outputs import (
+            RECORD,
+            SUMMARY,
+            check_output_dir,
+            clear_run,
+            write_record,
+        )
         from alignkit.dpo.trainer import DPOTrainer
 
         config = self.config
         out = Path(config.output_dir)
-        if config.sft_epochs > 0:
+        state = check_output_dir(config, require_run=require_run)  # before any model is loaded
+        if state == "finished":
+            return self._finished(out)
+
+        def start() -> None:
+            """Clear the replaced run (if any) once the new one is ready to write; record it."""
+            if state == "overwrite":
+                clear_run(out)
+            if state != "skip" and (state != "resume" or not (out / RECORD).exists()):
+                write_record(out, config)
+
+        started = config.sft_epochs > 0
+        if started:
+            start()  # the SFT model belongs to the run
             sft_dir = out / "sft"
             if not (sft_dir / "config.json").exists():
-                supervised_finetune(config, sft_dir)
+                partial = out / f".sft.{os.getpid()}.tmp"
+                supervised_finetune(config, partial)
+                swap_dir(partial, sft_dir)
             config = config.model_copy(update={"model": f"hf:{sft_dir}"})
-        trainer = DPOTrainer(config=config)
+        trainer = DPOTrainer(config=config)  # loads the model and the data
+        if not started:
+            start()
         metrics = trainer.train()
         path = trainer.save_model()
         report = trainer.train_dataset.report.to_dict()
-        summary = {"metrics": metrics, "data": report, "model": str(path)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if trainer.accelerator.is_main_process:
+            summary = {"metrics": metrics, "data": report, "model": str(path)}
+            write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str))
         return PipelineResult(out, path, metrics, report)
+
+    @staticmethod
+    def _finished(out: Path) -> PipelineResult:
+        """The result a finished run saved in ``summary.json``."""
+        try:
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{out / 'summary.json'}: unreadable ({exc}); use --overwrite"
+            ) from None
+        model = Path(summary.get("model") or out / "final")
+        return PipelineResult(
+            out, model, summary.get("metrics") or {}, summary.get("data") or {}, True
+        )

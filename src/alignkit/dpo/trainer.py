@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,13 @@ from alignkit.dpo.checkpoint import (
     load_state,
     save_checkpoint,
     set_rng_state,
+    swap_dir,
     trim_metrics,
 )
 from alignkit.dpo.config import DPOConfig
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
+from alignkit.dpo.outputs import check_location, check_writable, run_settings, settings_changes
 from alignkit.dpo.reference import precompute_reference
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
@@ -87,6 +91,8 @@ class DPOTrainer:
             cpu=cfg.device == "cpu",
         )
         set_seed(cfg.seed)
+        self.output_dir = Path(cfg.output_dir)
+        check_location(self.output_dir)  # a file there fails now, not after loading the model
         if model is None or isinstance(model, str):
             model, tokenizer = load_policy(cfg)
         elif tokenizer is None:
@@ -109,9 +115,9 @@ class DPOTrainer:
         self._epoch: tuple[int, list[list[int]]] = (-1, [])
         self.ref_logps: SequenceLogps | None = None
         self.eval_ref_logps: SequenceLogps | None = None
-        self.output_dir = Path(cfg.output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self._writer = None
+        self._settings: dict[str, Any] | None = None  # run_settings, kept in every checkpoint
         self._setup_optimisation()
 
     # ------------------------------------------------------------------------------ set-up
@@ -261,14 +267,19 @@ class DPOTrainer:
     # --------------------------------------------------------------------------- train
 
     def train(self) -> dict[str, float]:
-        """Train to ``max_steps`` (or ``epochs``), checkpointing, logging and evaluating."""
+        """Train to ``max_steps`` (or ``epochs``), checkpointing, logging and evaluating.
+
+        With ``resume`` it continues from the last checkpoint of ``output_dir`` (one of a run
+        with another total or other settings is refused); otherwise, or when there is no
+        checkpoint, it starts over and removes an earlier run's checkpoints and metrics there."""
         from alignkit.progress import make_progress
 
         cfg, acc = self.config, self.accelerator
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.output_dir)
+        self._settings = run_settings(cfg)
         self.prepare_reference()  # before resuming: the reference is the untrained policy
-        if cfg.resume:
-            self.resume()
+        if not (cfg.resume and self.resume()):
+            self._start_over()
         ga = cfg.gradient_accumulation_steps
         start, last = time.time(), {}
         tokens = 0
@@ -300,6 +311,17 @@ class DPOTrainer:
         self.log(final)
         self.save_checkpoint()
         return {**last, **final}
+
+    def _start_over(self) -> None:
+        """Remove the checkpoints, metrics and TensorBoard logs of an earlier run in
+        ``output_dir``: a fresh run must not append to its metrics, nor have its own checkpoints
+        rotated out in favour of the earlier run's later steps (which a resume would then load).
+        The CLI refuses such a directory unless --overwrite; other files there are kept."""
+        if self.accelerator.is_main_process:
+            for name in ("checkpoints", "tensorboard"):
+                shutil.rmtree(self.output_dir / name, ignore_errors=True)
+            self.metrics_path.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
 
     def _micro_batch(self, index: int) -> list[int]:
         epoch, position = divmod(index, self.micro_per_epoch)
@@ -361,17 +383,21 @@ class DPOTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+            "run": {"total_steps": self.total_steps, "settings": self._settings},
         }
         model = self.accelerator.unwrap_model(self.model)
         return save_checkpoint(self.output_dir, self.step, lambda d: save_weights(model, d), state)
 
     def resume(self) -> bool:
-        """Load the last checkpoint of ``output_dir``; False if there is none."""
+        """Load the last checkpoint of ``output_dir``; False if there is none. A checkpoint of a
+        run with another total or other settings is refused (ConfigError), as it would mix two
+        runs."""
         checkpoint = latest_checkpoint(self.output_dir)
         if checkpoint is None:
             return False
-        load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
         state = load_state(checkpoint)
+        self._check_resumable(checkpoint, state)
+        load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.adaptive and state.get("adaptive"):
@@ -381,16 +407,47 @@ class DPOTrainer:
         trim_metrics(self.metrics_path, self.step)
         return True
 
+    def _check_resumable(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        run = state.get("run") or {}  # absent in checkpoints of older alignkit versions
+        total, step = run.get("total_steps"), state["step"]
+        if (total is not None and total != self.total_steps) or step > self.total_steps:
+            theirs = f"{total} steps" if total is not None else f"at least {step} steps"
+            raise ConfigError(
+                f"cannot resume from {checkpoint}: its run trains {theirs}, this one "
+                f"{self.total_steps} (max_steps, epochs, batch size or processes differ); resume "
+                "with the same settings, or use another output_dir"
+            )
+        if self._settings is None:
+            self._settings = run_settings(self.config)
+        changes = settings_changes(run.get("settings") or {}, self._settings)
+        if changes:
+            raise ConfigError(
+                f"cannot resume from {checkpoint}: its run has other settings "
+                f"({'; '.join(changes)}); resume with the same settings, or use another output_dir"
+            )
+
     def save_model(self, path: str | Path | None = None, merge_lora: bool = False) -> Path:
-        """Write the policy in standard Hugging Face format (LoRA: the adapter, or merged)."""
+        """Write the policy in standard Hugging Face format (LoRA: the adapter, or merged).
+
+        The model is written under a temporary name and renamed into place, so a killed run never
+        leaves half a model at ``path``; an explicit ``path`` that already exists is written into
+        as it is (it may hold other files)."""
+        default = path is None
         path = Path(path or self.output_dir / "final")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             if merge_lora and hasattr(model, "merge_and_unload"):
                 model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(path, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
+            atomic = default or not path.exists()
+            target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if atomic else path
+            if atomic:
+                shutil.rmtree(target, ignore_errors=True)
+            model.save_pretrained(target, safe_serialization=True)
+            self.tokenizer.save_pretrained(target)
+            if atomic:
+                swap_dir(target, path)
+        self.accelerator.wait_for_everyone()
         return path
 
     @staticmethod
