@@ -194,7 +194,12 @@ class AlignmentEvaluator:
         return cached(backend, self.cache)
 
     def responses(self) -> list[str]:
+        """One response per item. A backend that can measure prompts checks them all against
+        its context first, so an over-long item is named (by id) before any is generated."""
         prompts = [item.prompt for item in self.items]
+        check = getattr(self.backend, "check_prompts", None)
+        if check is not None:
+            check(prompts, self.generation, [f"item {item.id!r}" for item in self.items])
         return [c.text for c in self.backend.generate(prompts, self.generation)]
 
     def run(self, output_dir: str | Path | None = None) -> AlignmentResult:

@@ -22,16 +22,16 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import DataError
 from alignkit.models.base import Completion, GenerationConfig, ModelBackend, Prompt, TokenLogprobs
 from alignkit.models.sampling import SAMPLING_RULE, occurrence_seed, occurrences, prompt_key
 from alignkit.paths import cache_dir
-from alignkit.progress import make_progress
+from alignkit.progress import counter
 
 _OUTPUT_OPTIONS = ("use_chat_template", "system_prompt", "dtype", "api")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".model")
@@ -78,17 +78,31 @@ class CallCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else cache_dir() / "eval-calls.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.commit()
+        with self._errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+            self._db.execute("SELECT key, value FROM calls LIMIT 1").fetchall()
+            self._db.commit()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """A file that is not a usable SQLite database (damaged, not a database, not writable)
+        becomes one :class:`~alignkit.errors.DataError` naming it, not a traceback."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise DataError(
+                f"call cache {str(self.path)!r} cannot be used ({exc}); delete it or give "
+                "another --cache-path"
+            ) from None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         unique = list(dict.fromkeys(keys))
-        with self._lock:
+        with self._lock, self._errors():
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -99,7 +113,7 @@ class CallCache:
         return found
 
     def put_many(self, items: dict[str, Any]) -> None:
-        with self._lock:
+        with self._lock, self._errors():
             self._db.executemany(
                 "INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)",
                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()],
@@ -148,7 +162,9 @@ class CachedBackend:
         todo = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
-        with self._progress(len(todo)) as advance:
+        # progress over the calls sent to the model, when there are several chunks of them
+        show = self.progress is not False and len(todo) > self.chunk_size
+        with counter(f"model calls ({self.name})", len(todo), show) as advance:
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]
                 results = call(chunk)
@@ -157,17 +173,6 @@ class CachedBackend:
                 found.update(fresh)
                 advance(len(chunk))
         return [decode(found[k]) for k in keys]
-
-    @contextlib.contextmanager
-    def _progress(self, total: int):
-        """A bar over the calls sent to the model (when there are several chunks of them)."""
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if not show or total <= self.chunk_size:
-            yield lambda n: None
-            return
-        with make_progress(transient=True) as bar:
-            task = bar.add_task(f"model calls ({self.name})", total=total, info="")
-            yield lambda n: bar.advance(task, n)
 
     def generate(
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None

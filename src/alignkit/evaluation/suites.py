@@ -120,13 +120,27 @@ def _item(record: Any, where: str, index: int) -> EvalItem:
     )
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; an unreadable or non-UTF-8 (e.g. binary) file is one
+    :class:`~alignkit.errors.DataError` naming it (and the first bad byte's offset and line)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{what} {str(path)!r} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} (line {line}); give a JSONL or text file"
+        ) from None
+
+
 def load_prompt_file(path: str | Path) -> list[EvalItem]:
     """Items from a JSONL file (one record per line) or a JSON list of records."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read prompt file {str(path)!r}: {exc.strerror}") from None
+    text = read_text_file(path, "prompt file")
     rows: list[tuple[str, Any]] = []
     if path.suffix == ".json":
         try:

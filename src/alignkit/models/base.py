@@ -21,7 +21,7 @@ from typing import Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignkit.errors import ModelError
+from alignkit.errors import DataError, ModelError
 
 Message = dict[str, str]
 """One chat message: ``{"role": "user" | "assistant" | "system", "content": "..."}``."""
@@ -145,6 +145,48 @@ def as_messages(prompt: Prompt, system_prompt: str | None = None) -> list[Messag
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
+
+
+def preview(prompt: Prompt, width: int = 40) -> str:
+    """A short one-line quote of a prompt (its last message's text), for error messages."""
+    text = prompt if isinstance(prompt, str) else str(list(prompt)[-1].get("content", ""))
+    return repr(text[:width] + "..." if len(text) > width else text)
+
+
+class PromptTooLongError(DataError):
+    """A prompt (plus the tokens to generate) does not fit the model's context.
+
+    ``index`` is the prompt's position in the call; ``tokens`` its length in tokens (None when
+    it was refused on its character count alone, without tokenizing); ``context`` the limit.
+    """
+
+    def __init__(self, message: str, index: int, tokens: int | None, context: int) -> None:
+        super().__init__(message)
+        self.index, self.tokens, self.context = index, tokens, context
+
+    @classmethod
+    def build(
+        cls,
+        model: str,
+        context: int,
+        index: int,
+        prompt: Prompt,
+        label: str | None = None,
+        chars: int | None = None,
+        tokens: int = 0,
+        more: int = 0,
+        what: str = "max_new_tokens",
+    ) -> PromptTooLongError:
+        """The error for prompt ``index`` (called ``label`` if given): refused on its ``chars``
+        characters, or on its ``tokens`` plus ``more`` (``what``: tokens to generate)."""
+        where = f"{label or f'prompt {index}'} ({preview(prompt)})"
+        limit = f"the {context:,}-token context of {model}"
+        if chars is not None:
+            message = f"{where} has {chars:,} characters, far more than fit {limit}"
+            return cls(message, index, None, context)
+        total = f"{tokens + more:,}"
+        message = f"{where} has {tokens:,} tokens; with {more:,} {what} that is {total}, "
+        return cls(message + f"more than {limit}", index, tokens, context)
 
 
 _GRAMMAR = "expected hf:PATH_OR_HUB_ID[+ADAPTER_DIR], openai:MODEL@BASE_URL or testbed"

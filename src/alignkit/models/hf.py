@@ -21,10 +21,8 @@ token ids are an exact prefix of prompt + completion.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -40,16 +38,21 @@ from alignkit.models.base import (
     Message,
     ModelSpec,
     Prompt,
+    PromptTooLongError,
     TokenLogprobs,
     as_messages,
 )
-from alignkit.models.hf_loading import load_pretrained, resolve_device
+from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.sampling import sample_keys
+from alignkit.progress import counter
 
 logger = logging.getLogger(__name__)
 
 PLAIN_STOP = "\nUser:"
+CHARS_PER_TOKEN_BOUND = 20
+"""A prompt of more than this many characters per context token is refused untokenized
+(tokenizing megabytes takes minutes); no real text averages anywhere near 20 per token."""
 
 
 def _plain_render(messages: list[Message]) -> str:
@@ -104,7 +107,8 @@ class HFBackend:
     """A transformers causal LM behind the :class:`~alignkit.models.base.ModelBackend` Protocol.
 
     Attributes: ``model`` (a ``PeftModel`` when an adapter is loaded), ``tokenizer``, ``device``,
-    ``name``, ``end_token_ids`` (ids that end a completion: EOS and the template's end of turn).
+    ``name``, ``end_token_ids`` (ids that end a completion: EOS and the template's end of turn),
+    ``context`` (the most tokens the model attends to, prompt and completion; None if unknown).
     """
 
     supports_logprobs = True
@@ -140,6 +144,7 @@ class HFBackend:
         self._warned_fallback = False
         self._adds_bos = self._detect_adds_bos()
         self.end_token_ids = self._collect_end_ids()
+        self.context = context_length(self.model.config, self.tokenizer)
         # transformers 5 renamed the KV-cache argument from past_key_values to cache
         forward_args = inspect.signature(
             self.model.get_base_model().forward
@@ -175,8 +180,12 @@ class HFBackend:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of the rendered prompt (special tokens as the module docstring says)."""
-        text = self.render(prompt)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._encode_rendered(self.render(prompt))
+
+    def _encode_rendered(self, text: str) -> list[int]:
+        # verbose=False: the tokenizer's own "longer than the maximum" warning is replaced by
+        # the errors of check_prompts
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if not self._chat and self._adds_bos and (not ids or ids[0] != bos):
             ids = [bos, *ids]
@@ -184,7 +193,44 @@ class HFBackend:
 
     def encode_completion(self, completion: str) -> list[int]:
         """Token ids of a completion, without any special tokens added."""
-        return self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(completion, add_special_tokens=False, verbose=False)["input_ids"]
+
+    # --------------------------------------------------------------------------- context length
+
+    def check_prompts(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, labels=None
+    ) -> list[list[int]]:
+        """Token ids of each prompt; a :class:`~alignkit.models.base.PromptTooLongError` naming
+        the first (``labels[i]``, default ``prompt i``) whose tokens plus
+        ``config.max_new_tokens`` exceed :attr:`context`. :meth:`generate` runs it first."""
+        new, out = (config or GenerationConfig()).max_new_tokens, []
+        for i, prompt in enumerate(prompts):
+            out.append(self._fit(i, prompt, new, labels[i] if labels else None))
+            if isinstance(out[-1], PromptTooLongError):
+                raise out[-1]
+        return out
+
+    def fits(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None) -> list[bool]:
+        """Whether each prompt fits the context with ``config.max_new_tokens`` to generate, for
+        callers built to skip over-long prompts (``generate`` refuses them)."""
+        new = (config or GenerationConfig()).max_new_tokens
+        return [isinstance(self._fit(i, p, new), list) for i, p in enumerate(prompts)]
+
+    def _fit(self, index: int, prompt: Prompt, new: int, label=None, completion=None):
+        """The prompt's ids if they and ``new`` more tokens (or ``completion``'s) fit the
+        context, else the error saying why; text longer than :data:`CHARS_PER_TOKEN_BOUND`
+        characters per context token is refused untokenized."""
+        text = self.render(prompt)
+        chars = len(text) + len(completion or "")
+        where = (self.name, self.context, index, prompt, label)
+        if self.context is not None and chars > CHARS_PER_TOKEN_BOUND * self.context:
+            return PromptTooLongError.build(*where, chars=chars)
+        ids = self.encode_prompt(prompt)  # the one encoding path (subclasses, spies)
+        more = new if completion is None else len(self.encode_completion(completion))
+        if self.context is None or len(ids) + more <= self.context:
+            return ids
+        what = "max_new_tokens" if completion is None else "completion tokens"
+        return PromptTooLongError.build(*where, tokens=len(ids), more=more, what=what)
 
     def _warn_fallback(self) -> None:
         """Log once per backend that the plain template stands in for a chat template."""
@@ -243,11 +289,13 @@ class HFBackend:
         :mod:`alignkit.models.sampling`, so a completion does not depend on the batch size, the
         order of the prompts or the other prompts of the call; ``seed=None`` draws a fresh seed
         from torch's global RNG. A completion ends at an end-of-turn token, at a stop string
-        (cut from the text) or after ``max_new_tokens``. ``progress`` shows a progress bar
-        (default: for 4+ batches on a terminal).
+        (cut from the text) or after ``max_new_tokens``. A prompt too long for the model's
+        context is refused before anything is generated (:meth:`check_prompts`; :meth:`fits`
+        tells which prompts fit). ``progress`` shows progress (default: for 4+ batches; see
+        :mod:`alignkit.progress` for output that is not a terminal).
         """
         config = config or GenerationConfig()
-        encoded = [self.encode_prompt(p) for p in prompts]
+        encoded = self.check_prompts(prompts, config)
         keys: list[int | None] = [None] * len(encoded)
         if config.temperature > 0:
             seed = config.seed
@@ -258,7 +306,8 @@ class HFBackend:
         stops = self.stop_strings(config)
         results: list[Completion | None] = [None] * len(encoded)
         batches = list(_batches(order, self.options.batch_size))
-        with self._progress(len(batches), progress) as advance:
+        show = len(batches) >= 4 if progress is None else progress
+        with counter(f"generating ({self.name})", len(batches), show) as advance:
             for batch in batches:
                 rows = ([encoded[i] for i in batch], [keys[i] for i in batch])
                 outs = self._generate_batch(*rows, config, stops)
@@ -384,20 +433,6 @@ class HFBackend:
                 lo = mid + 1
         return hi
 
-    @contextlib.contextmanager
-    def _progress(self, total: int, show: bool | None):
-        """A rich progress bar over batches; yields a function that advances it by one."""
-        if show is None:
-            show = total >= 4 and sys.stderr.isatty()
-        if not show:
-            yield lambda: None
-            return
-        from alignkit.progress import make_progress
-
-        with make_progress(transient=True) as bar:
-            task = bar.add_task(f"generating ({self.name})", total=total, info="")
-            yield lambda: bar.advance(task)
-
     # ------------------------------------------------------------------------------ log-probs
 
     def logprobs(
@@ -406,14 +441,17 @@ class HFBackend:
         """Log-prob of each completion token given the rendered prompt and earlier tokens.
 
         Prompt and completion are tokenized separately and concatenated (no BOS or other special
-        token before the completion). Batches are right-padded and sorted by length.
+        token before the completion). Batches are right-padded and sorted by length. A pair
+        longer than the model's context is refused before any is scored.
         """
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        pairs = [
-            (self.encode_prompt(p), self.encode_completion(c))
-            for p, c in zip(prompts, completions, strict=True)
-        ]
+        pairs = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            ids = self._fit(i, prompt, 0, completion=completion)
+            if isinstance(ids, PromptTooLongError):
+                raise ids
+            pairs.append((ids, self.encode_completion(completion)))
         for i, (prompt_ids, _) in enumerate(pairs):
             if not prompt_ids:
                 raise ModelError(

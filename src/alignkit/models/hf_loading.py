@@ -188,6 +188,25 @@ def load_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
         raise ModelError(f"cannot load adapter {adapter!r}: {_first_line(exc)}") from None
 
 
+_NO_LIMIT = 10**9
+"""A tokenizer that knows no limit reports ``model_max_length = int(1e30)``."""
+
+
+def context_length(config: PretrainedConfig, tokenizer) -> int | None:
+    """The most tokens (prompt plus completion) the model can attend to, or None if unknown.
+
+    The model's own position count (``max_position_embeddings`` or ``n_positions``) decides when
+    the config has one; else the tokenizer's ``model_max_length``, if it is a real limit.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    known = [getattr(text, name, None) for name in ("max_position_embeddings", "n_positions")]
+    positions = [n for n in known if isinstance(n, int) and n > 0]
+    if positions:
+        return min(positions)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < _NO_LIMIT else None
+
+
 def _first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception message (errors stay one line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

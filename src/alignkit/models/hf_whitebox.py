@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.models.base import PromptTooLongError
+from alignkit.models.hf_loading import context_length
+
 
 def embedding_matrix(model: torch.nn.Module) -> torch.Tensor:
     """The input embedding weight, shape ``[vocab, hidden]``."""
@@ -23,9 +26,14 @@ def input_embedding_gradients(
 
     ``labels`` follow the transformers convention: same shape as ``input_ids``, ``-100`` for
     positions without a loss, shifted inside the model. Accepts 1-D or 2-D (batched) inputs.
+    Inputs longer than the model's context are refused (a ``PromptTooLongError``).
     """
     single = input_ids.dim() == 1
     ids = input_ids.unsqueeze(0) if single else input_ids
+    context = context_length(model.config, None) if hasattr(model, "config") else None
+    if context is not None and ids.shape[-1] > context:
+        message = f"input of {ids.shape[-1]:,} tokens is longer than the {context:,}-token context"
+        raise PromptTooLongError(message, 0, ids.shape[-1], context)
     labels = labels.unsqueeze(0) if single else labels
     device = embedding_matrix(model).device
     with torch.no_grad():
