@@ -337,3 +337,14 @@ def test_threads_option_sets_torch_threads(monkeypatch):
         assert invoke("--threads", "0", "testbed", "--help").exit_code == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_optional_numbers_take_none_on_the_command_line():
+    """`--seed none` gives a fresh seed (None), as the help says; a number stays a number and
+    anything else is refused with exit 2."""
+    base = ["generate", "--model", "testbed", "--prompt", "x", "--print-config"]
+    for given, expected in (("none", "seed: null"), ("NULL", "seed: null"), ("5", "seed: 5")):
+        result = invoke(*base, "--seed", given)
+        assert result.exit_code == 0 and expected in result.output, result.output
+    assert "seed: 0" in invoke(*base).output
+    assert invoke(*base, "--seed", "abc").exit_code == 2

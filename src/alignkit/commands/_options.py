@@ -73,6 +73,22 @@ def _cli_type(annotation: Any, name: str) -> tuple[Any, type[enum.Enum] | None] 
     return None
 
 
+def _none_or(number: type) -> Callable[[str], Any]:
+    """A parser of ``none`` / ``null`` (None) or a number of type ``number``."""
+
+    def parse(text: Any) -> Any:
+        if text is None or isinstance(text, int | float):
+            return text
+        if str(text).strip().lower() in ("none", "null"):
+            return None
+        try:
+            return number(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not {number.__name__} or 'none'") from None
+
+    return parse
+
+
 def cli_options(cls: type[BaseModel]) -> list[CliOption]:
     """The typer parameters for every option of ``cls`` that has a command-line form."""
     out = []
@@ -88,9 +104,15 @@ def cli_options(cls: type[BaseModel]) -> list[CliOption]:
             default = choices(default)
         help_text = (field.description or "") + (" (required)" if field.is_required() else "")
         panel = f"{path[0].replace('_', ' ').capitalize()} options" if len(path) > 1 else None
+        extra: dict[str, Any] = {}
+        number = get_args(annotation)[0] if get_origin(annotation) is Union else None
+        if number in (int, float):  # an optional number: `none` gives None (e.g. --seed none)
+            annotation = str
+            extra = {"parser": _none_or(number), "metavar": f"{number.__name__}|none"}
+            default = None if default is None else str(default)
         info = typer.Option(
             default, *decls, help=help_text, show_default=not field.is_required(),
-            rich_help_panel=panel,
+            rich_help_panel=panel, **extra,
         )  # fmt: skip
         out.append(CliOption(name, annotation, info))
     return out

@@ -39,7 +39,7 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens; 0 keeps all.")
-    seed: int | None = Field(0, description="Seed for sampling; None draws a fresh one.")
+    seed: int | None = Field(0, description="Seed for sampling; none (null) draws a fresh one.")
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion.")
 
 
