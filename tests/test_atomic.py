@@ -72,3 +72,32 @@ def test_no_module_writes_atomically_on_its_own():
         if pattern.search(line)
     ]
     assert found == []
+
+
+def test_replace_dir_never_leaves_a_half_deleted_directory(tmp_path, monkeypatch):
+    """The old directory is renamed aside in one step, not deleted under its own name: a failure
+    (a kill) between the two renames leaves it whole beside, and the next replace cleans up."""
+    import os
+
+    final, tmp = tmp_path / "final", tmp_path / "final.tmp"
+    for d, text in ((final, "old"), (tmp, "new")):
+        d.mkdir()
+        for k in range(3):
+            (d / f"f{k}").write_text(text)
+    real = os.replace
+    calls = []
+
+    def second_rename_dies(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands in for SIGKILL
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_dies)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(tmp, final)
+    monkeypatch.setattr(os, "replace", real)
+    aside = tmp_path / "final.old"
+    assert not final.exists() and sorted(p.read_text() for p in aside.iterdir()) == ["old"] * 3
+    replace_dir(tmp, final)  # the rerun
+    assert sorted(p.read_text() for p in final.iterdir()) == ["new"] * 3 and not aside.exists()

@@ -46,6 +46,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished directory ``tmp`` at ``final``, removing whatever was there."""
-    shutil.rmtree(final, ignore_errors=True)
+    """Put the finished directory ``tmp`` at ``final``, removing whatever was there. A directory
+    already at ``final`` is first renamed aside (``FINAL.old``) and removed after, so a kill at
+    any point leaves ``final`` whole (old or new) or absent, never half deleted."""
+    final = Path(final)
+    aside = final.with_name(f"{final.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)  # a leftover of a kill between the two renames
+    if final.exists():
+        os.replace(final, aside)
     os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)

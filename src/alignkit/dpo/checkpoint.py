@@ -3,9 +3,9 @@
 A checkpoint is a directory ``checkpoints/step-NNNNNN`` written under a temporary name and
 renamed when complete, so a run killed mid-write (even with SIGKILL) leaves either the old
 checkpoint or the new one, never half of one: a checkpoint of the same step that is replaced is
-first renamed aside (:func:`swap_dir`), never deleted file by file under its own name. Names
-with a dot (``.tmp``, ``.old``) are never loaded. Metric rows are appended one line at a time;
-a line torn by a kill is dropped when the run resumes (:func:`trim_metrics`).
+first renamed aside (:func:`alignkit.atomic.replace_dir`), never deleted file by file under its
+own name. Names with a dot (``.tmp``, ``.old``) are never loaded. Metric rows are appended one
+line at a time; a line torn by a kill is dropped when the run resumes (:func:`trim_metrics`).
 """
 
 from __future__ import annotations
@@ -61,23 +61,11 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_weights(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
-    swap_dir(tmp, final)
+    replace_dir(tmp, final)
     old = sorted(root.glob("step-??????"), key=lambda p: p.name)[:-keep] if keep else []
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
     return final
-
-
-def swap_dir(tmp: Path, final: Path) -> None:
-    """Put the finished directory ``tmp`` at ``final``. A directory already at ``final`` is
-    renamed aside first and removed after, so a kill at any point leaves ``final`` whole (old or
-    new) or absent, never half deleted."""
-    final = Path(final)
-    aside = final.with_name(f"{final.name}.old")
-    if final.exists():
-        replace_dir(final, aside)  # one rename
-    replace_dir(tmp, final)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ SUMMARY = "summary.json"
 # what a run writes; their presence means the directory holds a run (run.json alone does not:
 # a run stopped before its first metric row or checkpoint has nothing to continue or to lose)
 RUN_FILES = ("metrics.jsonl", "checkpoints", "final", "sft", SUMMARY, "tensorboard")
-# leftovers of a run killed while writing a model (DPOPipeline, DPOTrainer.save_model, swap_dir)
+# leftovers of a run killed while writing a model (DPOPipeline, DPOTrainer.save_model, replace_dir)
 TEMPORARY = (".final.*.tmp", ".sft.*.tmp", "final.old", "sft.old")
 # options that do not change what is trained (where, how often and on what device it is written
 # or evaluated); the total (max_steps / epochs) is compared on its own

@@ -120,7 +120,7 @@ class DPOPipeline:
 
         ``require_run`` (``--resume`` on the command line) makes ``resume`` into a directory
         without a run an error instead of starting one there."""
-        from alignkit.dpo.checkpoint import swap_dir
+        from alignkit.atomic import replace_dir
         from alignkit.dpo.outputs import (
             RECORD,
             SUMMARY,
@@ -150,7 +150,7 @@ class DPOPipeline:
             if not (sft_dir / "config.json").exists():
                 partial = out / f".sft.{os.getpid()}.tmp"
                 supervised_finetune(config, partial)
-                swap_dir(partial, sft_dir)
+                replace_dir(partial, sft_dir)
             config = config.model_copy(update={"model": f"hf:{sft_dir}"})
         trainer = DPOTrainer(config=config)  # loads the model and the data
         if not started:

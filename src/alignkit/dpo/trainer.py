@@ -22,13 +22,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
+from alignkit.atomic import replace_dir
 from alignkit.dpo.batching import epoch_batches
 from alignkit.dpo.checkpoint import (
     latest_checkpoint,
     load_state,
     save_checkpoint,
     set_rng_state,
-    swap_dir,
     trim_metrics,
 )
 from alignkit.dpo.config import DPOConfig
@@ -446,7 +446,7 @@ class DPOTrainer:
             model.save_pretrained(target, safe_serialization=True)
             self.tokenizer.save_pretrained(target)
             if atomic:
-                swap_dir(target, path)
+                replace_dir(target, path)
         self.accelerator.wait_for_everyone()
         return path
 
