@@ -393,3 +393,26 @@ def test_parse_retry_after():
     policy = RetryPolicy(base_delay=1.0, max_delay=4.0)
     delays = [policy.backoff(i) for i in range(6)]
     assert all(0.5 * min(4, 2**i) <= d <= min(4, 2**i) for i, d in enumerate(delays))
+
+
+def test_sampled_evaluation_through_the_server_matches_local(served, testbed_backend, tmp_path):
+    """Issue 19: a sampled evaluation (temperature 1) of the testbed through `transformers
+    serve` gives the local backend's figures within their intervals. It read honest 0.00
+    against 0.45 when every request carried the same seed (every prompt drew the same random
+    numbers); now each request's seed comes from the run seed and its prompt."""
+    from alignkit.evaluation.alignment import AlignmentEvaluator
+    from alignkit.pipeline.headline import headline
+
+    generation = GenerationConfig(max_new_tokens=48, temperature=1.0, seed=0)
+    remote = make_backend(served.base_url, served.model, max_concurrency=4)
+    figures = {}
+    for name, backend in (("served", remote), ("local", testbed_backend)):
+        evaluator = AlignmentEvaluator(
+            backend, "testbed", ["testbed"], n=25, seed=0, generation=generation, cache=False
+        )
+        figures[name] = headline(evaluator.run(tmp_path / name))["figures"]
+    for key in ("harmful_compliance", "jailbreak_asr", "helpful", "honest"):
+        served_fig, local = figures["served"][key], figures["local"][key]
+        assert served_fig["n"] == local["n"] == 25
+        assert local["low"] <= served_fig["value"] <= local["high"], (key, figures)
+        assert served_fig["low"] <= local["value"] <= served_fig["high"], (key, figures)
