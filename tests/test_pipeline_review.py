@@ -126,3 +126,9 @@ def test_review_pauses_feeds_revise_and_train_and_reports(testbed_path, tmp_path
     store.close()
     with pytest.raises(ConfigError, match="other human labels.*--redo-from revise"):
         AlignmentPipeline(PipelineConfig.model_validate(config)).run()
+
+    # `alignkit report RUN` makes the pipeline's report again, with the labels as they are now
+    (run / "report" / "report.html").unlink()
+    again = CliRunner().invoke(app, ["report", str(run)])
+    assert again.exit_code == 0, again.output
+    assert "Headline figures calibrated by people" in (run / "report" / "report.html").read_text()

@@ -1,5 +1,8 @@
 """``alignkit report RUN_DIR [OTHER_RUN_DIR]``: HTML / Markdown / JSON reports of eval runs.
 
+A demo or pipeline run directory gets the pipeline's report again, in ``RUN_DIR/report``
+(with the people's verdicts as they are now, where the run has been reviewed).
+
 With one run directory it writes ``report.{html,md,json}``; with two it compares the second
 run against the first (a paired test per metric) and writes ``comparison.{html,md,json}``.
 Files go into ``--output`` or, by default, the first run directory.
@@ -79,7 +82,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report(
-        run_dir: Annotated[Path, typer.Argument(help="Run directory written by 'alignkit eval'.")],
+        run_dir: Annotated[
+            Path,
+            typer.Argument(help="Run directory of 'alignkit eval', or of a demo / pipeline."),
+        ],
         other_run_dir: Annotated[
             Optional[Path],  # noqa: UP045 (typer reads the annotation at run time)
             typer.Argument(help="A second run on the same suite: compare it against RUN_DIR."),
@@ -98,7 +104,13 @@ def register(app: typer.Typer) -> None:
         from alignkit.evaluation.report import AlignmentReportGenerator, check_formats
 
         chosen = check_formats(formats)
-        generator = AlignmentReportGenerator(run_dir, compare_to=other_run_dir).load()
+        if other_run_dir is None and (run_dir / "pipeline.json").is_file():
+            from alignkit.pipeline.report import PipelineReport  # a demo / pipeline run
+
+            generator = PipelineReport(run_dir).load()
+            output = output or run_dir / "report"
+        else:
+            generator = AlignmentReportGenerator(run_dir, compare_to=other_run_dir).load()
         paths = generator.write(output, chosen)
         console = stdout()
         table = _comparison_table(generator) if generator.comparison else _summary_table(generator)
