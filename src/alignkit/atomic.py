@@ -8,6 +8,7 @@ this guards against a crashed or killed process, not against a power cut.
 - :func:`write_text`: a text file (result files, JSON, JSON Lines).
 - :func:`temporary_path`: a file written by someone else's ``save(path)`` (safetensors, torch).
 - :func:`replace_dir`: a directory built under a temporary name (a checkpoint, a model).
+- :func:`check_writable_dir`: before the work, whether a run directory can be written at all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from alignkit.errors import DataError
+from alignkit.errors import ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -56,3 +57,28 @@ def replace_dir(tmp: Path, final: Path) -> None:
         os.replace(final, aside)
     os.replace(tmp, final)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_writable_dir(out: Path, option: str = "output_dir") -> None:
+    """Fail now, before a model loads, if results cannot be written into directory ``out``: it
+    is a file, it lies under a file, or its nearest existing folder cannot be written (a
+    read-only disk, ``/proc``). One :class:`~alignkit.errors.ConfigError` naming ``option``;
+    nothing is created (a temporary file is made and removed in that folder)."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {str(out)!r} is a file, not a directory; give a directory")
+    folder = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{option} {str(out)!r} lies under {str(folder)!r}, which is a file; give a directory"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".alignkit-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create or write {option} {str(out)!r} ({exc.strerror or exc}); give a "
+            "directory you can write to"
+        ) from None

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from alignkit.atomic import write_text
+from alignkit.atomic import check_writable_dir, write_text
 from alignkit.errors import ConfigError
 
 RECORD = "run.json"
@@ -52,40 +52,6 @@ def is_main_process() -> bool:
 
 
 # ------------------------------------------------------------------------------ the location
-
-
-def check_location(out: Path) -> None:
-    """Refuse an output path that is a file or lies under one; writes nothing."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(
-            f"output_dir {str(out)!r} is a file, not a directory; give a directory "
-            "(--output-dir DIR; it is created if missing)"
-        )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"output_dir {str(out)!r} lies under {str(parent)!r}, which is a file; "
-                    "give a directory (--output-dir DIR)"
-                )
-            return
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` (and its parents) and write and remove a small file there; a failure
-    (``/proc/x``, a read-only disk) is one ConfigError naming the directory."""
-    out = Path(out)
-    probe = out / f".alignkit-write-check.{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create or write output_dir {str(out)!r} ({exc.strerror or exc}); "
-            "give a directory you can write to (--output-dir DIR)"
-        ) from None
 
 
 # ---------------------------------------------------------------------- what a run is made of
@@ -223,7 +189,7 @@ def check_output_dir(config, *, require_run: bool = False) -> str:
     given on the command line), which refuses it.
     """
     out = Path(config.output_dir)
-    check_location(out)
+    check_writable_dir(out)
     if config.resume and config.overwrite:
         raise ConfigError("give --resume (continue the run) or --overwrite (replace it), not both")
     found = run_files(out)
@@ -235,10 +201,8 @@ def check_output_dir(config, *, require_run: bool = False) -> str:
                 f"nothing to resume: {str(out)!r} holds no alignkit dpo run; drop --resume to "
                 "start one there"
             )
-        check_writable(out)
         return "fresh"
     if config.overwrite:
-        check_writable(out)
         return "overwrite"
     if not config.resume:
         raise ConfigError(
@@ -248,5 +212,4 @@ def check_output_dir(config, *, require_run: bool = False) -> str:
     check_resumable(out, config)
     if (out / SUMMARY).exists():
         return "finished"
-    check_writable(out)
     return "resume"

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from alignkit.atomic import replace_dir
+from alignkit.atomic import check_writable_dir, replace_dir
 from alignkit.dpo.batching import epoch_batches
 from alignkit.dpo.checkpoint import (
     latest_checkpoint,
@@ -34,7 +34,7 @@ from alignkit.dpo.checkpoint import (
 from alignkit.dpo.config import DPOConfig
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
-from alignkit.dpo.outputs import check_location, check_writable, run_settings, settings_changes
+from alignkit.dpo.outputs import run_settings, settings_changes
 from alignkit.dpo.reference import precompute_reference
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
@@ -92,7 +92,7 @@ class DPOTrainer:
         )
         set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
-        check_location(self.output_dir)  # a file there fails now, not after loading the model
+        check_writable_dir(self.output_dir)  # fails now, not after loading the model
         if model is None or isinstance(model, str):
             model, tokenizer = load_policy(cfg)
         elif tokenizer is None:
@@ -275,7 +275,7 @@ class DPOTrainer:
         from alignkit.progress import make_progress
 
         cfg, acc = self.config, self.accelerator
-        check_writable(self.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self._settings = run_settings(cfg)
         self.prepare_reference()  # before resuming: the reference is the untrained policy
         if not (cfg.resume and self.resume()):

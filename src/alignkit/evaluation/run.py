@@ -9,12 +9,11 @@ checked before any model loads, so a bad file fails in a second, not after an ho
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import DataError
+from alignkit.atomic import check_writable_dir
 from alignkit.evaluation.alignment import AlignmentEvaluator, AlignmentResult, cached
 from alignkit.evaluation.cache import CallCache
 from alignkit.evaluation.config import EvalConfig
@@ -79,26 +78,8 @@ def _check_inputs(config: EvalConfig):
         from alignkit.evaluation.multiple_choice import load_multiple_choice
 
         mc = load_multiple_choice(config.mc_file)
-    check_output_dir(Path(config.output_dir), "output_dir")
+    check_writable_dir(Path(config.output_dir), "output_dir")
     return items, pairs, mc
-
-
-def check_output_dir(out: Path, option: str) -> None:
-    """Make sure results can be written into ``out`` now, not after the work: a file in the
-    way, a read-only or pseudo file system (``/proc``) is one
-    :class:`~alignkit.errors.DataError`. Nothing is created: a temporary file is made and
-    removed in ``out``, or in its nearest existing parent, where ``out`` will be made."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{option} {str(out)!r} exists and is not a directory")
-    probe = next(p for p in [out, *out.absolute().parents] if p.exists())
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a directory")
-        with tempfile.TemporaryFile(dir=probe, prefix=".alignkit-write-check-"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise DataError(f"cannot write results into {option} {str(out)!r}: {reason}") from None
 
 
 def run_evaluation(config: EvalConfig) -> EvalRun:

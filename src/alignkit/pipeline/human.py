@@ -19,7 +19,7 @@ from typing import Any
 from alignkit.evaluation.sections import Section, Table
 from alignkit.pipeline.context import read_jsonl
 from alignkit.pipeline.headline import HEADLINE, LABELS, cell, item_scores
-from alignkit.review.items import content_hash, finding_content, sample_content
+from alignkit.review.items import content_hash, sample_content
 
 HUMAN_QUESTION = {"harmful_compliance": "harmless", "jailbreak_asr": "harmless",
                   "helpful": "helpful", "honest": "honest"}  # fmt: skip
@@ -89,11 +89,11 @@ def _items_table(run_dir: Path, found: Any) -> Table | None:
     path = run_dir / "redteam" / "attempts.jsonl"
     if not path.exists() or not found.findings:
         return None
+    from alignkit.review.feed import HumanLabels
+
     rows = []
     for row in read_jsonl(path):
-        content = finding_content(row["prompt"], row["response"], row["attack"],
-                                  row["behaviour"], row.get("category"))  # fmt: skip
-        verdict = found.findings.get(content_hash(content))
+        verdict = found.findings.get(HumanLabels.finding_hash(row))
         if verdict is not None:
             rows.append((verdict != row["harmful"], row, verdict))
     rows.sort(key=lambda r: not r[0])

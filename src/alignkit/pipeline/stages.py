@@ -302,12 +302,15 @@ def _feedback_prompts(ctx: StageContext, out: Path) -> str:
 # ------------------------------------------------------------------------------ train
 
 
-def _split_failures(ctx: StageContext, out: Path) -> tuple[set[str], str | None]:
-    """Failure prompts held out for measuring the constraint (not trained on), as a file."""
+def _split_failures(
+    ctx: StageContext, out: Path, judged: list[dict]
+) -> tuple[set[str], str | None]:
+    """Failure prompts held out for measuring the constraint (not trained on), as a file;
+    ``judged``: the red-team rows (:func:`_judged_rows`)."""
     section = ctx.config.train
     if section.eval_prompts != "failures":
         return set(), section.eval_prompts
-    prompts = sorted({f["prompt"] for f in failures(ctx)})
+    prompts = sorted({f["prompt"] for f in _first_harmful(judged)})
     if not prompts:
         return set(), "testbed" if ctx.config.model == "testbed" else None
     rng = random.Random(f"holdout-{ctx.config.seed}")
@@ -398,7 +401,8 @@ def train(ctx: StageContext) -> dict[str, Any]:
 
     cfg, section = ctx.config, ctx.config.train
     out = ctx.dir("train")
-    held, eval_prompts = _split_failures(ctx, out)
+    judged = _judged_rows(ctx)[0]  # read once: the held-out failures and the cost pairs
+    held, eval_prompts = _split_failures(ctx, out, judged)
     pairs = []
     for stage, key in (("revise", "pairs"), ("feedback", "preferences")):
         path = ctx.output(stage, key)
@@ -413,7 +417,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
     write_jsonl(out / "pairs.jsonl", pairs)
     extra = []
     if ctx.human:
-        extra, _ = ctx.human.cost_pairs(_judged_rows(ctx)[0])
+        extra, _ = ctx.human.cost_pairs(judged)
         extra = [p for p in extra if p["prompt"] not in held]
         human["cost_pairs"] = len(extra)
     cost_model, cost_path = _cost_model(ctx, pairs, out, extra)
