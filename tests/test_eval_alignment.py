@@ -24,7 +24,7 @@ class Counting:
         self.backend = backend
         self.name = backend.name
         self.spec = backend.spec
-        self.options = backend.options
+        self.options = backend.options.model_copy(update={"batch_size": 16})  # chunks of 64
         self.supports_logprobs = True
         self.sent: list = []
         self.fail_after = fail_after

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fault_server import FaultyTestbed, client
 from servers import free_port
 
-from alignkit.errors import AlignkitError, BackendError, ConfigError
-from alignkit.models.base import BackendOptions, Completion, GenerationConfig, ModelSpec
-from alignkit.models.openai_compat import OpenAIBackend, PartialBatchError
-from alignkit.models.retry import RetryPolicy
+from alignkit.errors import BackendError, ConfigError
+from alignkit.models.base import Completion, GenerationConfig
+from alignkit.models.openai_compat import PartialBatchError
 from alignkit.redteam import behaviours
 from alignkit.redteam.base import AttackMeta, Behaviour, Candidate
 from alignkit.redteam.campaign import ROUND_KEY, RedTeaming
@@ -40,104 +36,6 @@ from alignkit.redteam.target import query_target
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GREEDY = GenerationConfig(max_new_tokens=32, temperature=0.0)
-ONE_RETRY = RetryPolicy(max_retries=1, budget=1.0, base_delay=0.01, max_delay=0.02)
-
-
-class FaultyTestbed:
-    """The testbed on 127.0.0.1, failing a seeded fraction ``fail`` of chat requests.
-
-    Whether a request fails depends on (seed, prompt, how often that prompt was asked), never
-    on timing, so concurrent clients see the same faults. ``ok`` counts answered chat requests.
-    A prompt the model cannot take (too long for its context) gets HTTP 400, as from a real
-    server: an error that would repeat.
-    """
-
-    def __init__(self, backend, fail: float = 0.0, seed: int = 0) -> None:
-        self.backend = backend
-        self.lock, self.model_lock = threading.Lock(), threading.Lock()
-        self.reset(fail, seed)
-
-    def reset(self, fail: float = 0.0, seed: int = 0) -> None:
-        self.fail, self.seed = fail, seed
-        self.ok = self.failed = 0
-        self.seen: dict[str, int] = {}
-
-    def fault(self, body: dict) -> int | str | None:
-        key = json.dumps(body["messages"])
-        with self.lock:
-            self.seen[key] = n = self.seen.get(key, 0) + 1
-        rng = random.Random(f"{self.seed}|{key}|{n}")
-        return rng.choice([500, 429, "drop"]) if rng.random() < self.fail else None
-
-    def answer(self, body: dict) -> dict:
-        config = GenerationConfig(max_new_tokens=body["max_tokens"], temperature=0.0)
-        with self.model_lock:
-            [c] = self.backend.generate([body["messages"]], config)
-        message = {"role": "assistant", "content": c.text}
-        choice = {"index": 0, "message": message, "finish_reason": c.finish_reason}
-        usage = {"prompt_tokens": 1, "completion_tokens": c.num_tokens, "total_tokens": 1}
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [choice], "usage": usage}  # fmt: skip
-
-    def __enter__(self) -> FaultyTestbed:
-        handler = type("Handler", (_Handler,), {"state": self})
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.http.daemon_threads = True
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    state: FaultyTestbed
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for key, value in {"content-type": "application/json", **(headers or {})}.items():
-            self.send_header(key, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802
-        model = {"id": "testbed", "object": "model", "created": 0, "owned_by": "test"}
-        self._send(200, {"object": "list", "data": [model]})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if self.path != "/v1/chat/completions":
-            return self._send(404, {"detail": "Not Found"})
-        fault, state = self.state.fault(body), self.state
-        if fault is None:
-            try:
-                reply = state.answer(body)
-            except AlignkitError as exc:
-                return self._send(400, {"error": {"message": exc.message}})
-            with state.lock:
-                state.ok += 1
-            return self._send(200, reply)
-        with state.lock:
-            state.failed += 1
-        if fault == "drop":
-            self.close_connection = True
-            return self.connection.shutdown(socket.SHUT_RDWR)
-        extra = {"retry-after": "0"} if fault == 429 else {}
-        return self._send(fault, {"error": {"message": f"injected {fault}"}}, extra)
-
-
-def client(url: str, model: str = "testbed") -> OpenAIBackend:
-    """The campaign's target: one retry per request, four requests in flight."""
-    spec = ModelSpec(kind="openai", model=model, base_url=url)
-    return OpenAIBackend(spec, BackendOptions(max_concurrency=4), probe=False, retry=ONE_RETRY)
 
 
 def campaign(target, store, **options) -> RedTeaming:
@@ -429,3 +327,42 @@ def test_cli_counts_come_from_the_store_at_the_end(tmp_path):
     total = CampaignStore(out / "campaign.sqlite").count()
     qd = len(CampaignStore(out / "campaign.sqlite").attempts("quality-diversity"))
     assert qd == 4 and f"store holds {total} attempts" in " ".join(done.output.split())
+
+
+# ----- quality-diversity through faults -----
+
+
+def _qd(target, store, **options):
+    from alignkit.redteam.quality_diversity import MultiObjectiveRedTeaming
+
+    return MultiObjectiveRedTeaming(target, behaviours.testbed_behaviours(n=12), judge="testbed",
+                                    mutator="rules", store=store, generation=GREEDY, seed=0,
+                                    progress=False, **options)  # fmt: skip
+
+
+@pytest.mark.parametrize("fail", [0.3, 0.7])
+def test_faulty_quality_diversity_ends_with_the_fault_free_archive(fail, served, tmp_path):
+    """An iteration waits for its errored candidates (sent again on the next run) before the
+    next one is planned: the archive, and every stored row, are those of a fault-free run."""
+    served.reset()
+    reference = CampaignStore(tmp_path / "ref.sqlite")
+    expected = _qd(client(served.url), reference).run(iterations=4, batch_size=8)
+    store, runs, stops = CampaignStore(tmp_path / "c.sqlite"), 0, []
+    served.reset(fail, seed=5)
+    try:
+        while runs < 12:
+            runs += 1
+            result = _qd(client(served.url), store, max_tries=1).run(iterations=4, batch_size=8)
+            stops.append((result.stopped, result.pending, result.iterations))
+            if result.stopped == "errored":  # errored candidates count nowhere meanwhile
+                assert result.pending == store.errored()["transient"] > 0
+                answered = sum(a.error is None for a in store.attempts())
+                assert sum(result.attempts.values()) == answered
+            elif result.iterations == 4:
+                break
+        failed = served.failed
+    finally:
+        served.reset()
+    assert failed > 0 and runs > 1 and stops[-1] == ("finished", 0, 4), stops
+    assert rows(store) == rows(reference)
+    assert result.to_dict() == expected.to_dict()

@@ -8,6 +8,7 @@ this guards against a crashed or killed process, not against a power cut.
 - :func:`write_text`: a text file (result files, JSON, JSON Lines).
 - :func:`temporary_path`: a file written by someone else's ``save(path)`` (safetensors, torch).
 - :func:`replace_dir`: a directory built under a temporary name (a checkpoint, a model).
+- :func:`move_files_into`: files saved under a temporary folder, into a folder kept as is.
 - :func:`check_writable_dir`: before the work, whether a run directory can be written at all.
 """
 
@@ -57,6 +58,15 @@ def replace_dir(tmp: Path, final: Path) -> None:
         os.replace(final, aside)
     os.replace(tmp, final)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def move_files_into(tmp: Path, directory: Path) -> None:
+    """Move each file of the finished folder ``tmp`` into ``directory`` (one rename each, so
+    each appears whole) and remove ``tmp``; other files of ``directory`` stay. For a save into
+    a folder that may hold more than the save writes; write its marker file last."""
+    for item in Path(tmp).iterdir():
+        os.replace(item, Path(directory) / item.name)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable_dir(out: Path, option: str = "output_dir") -> None:

@@ -31,15 +31,14 @@ from alignkit.commands._options import config_command
 from alignkit.config import GenerateConfig
 from alignkit.errors import AlignkitError, DataError
 from alignkit.evaluation.suites import read_text_file
-from alignkit.models import Completion, GenerationConfig, ModelBackend, Prompt, load_backend
+from alignkit.models import Completion, GenerationConfig, Prompt, load_backend
 from alignkit.models.base import PromptTooLongError
-from alignkit.models.sampling import occurrence_seed, occurrences, prompt_key
+from alignkit.models.resilient import IncompleteGeneration, chunk_size, generate_indexed
+from alignkit.models.sampling import occurrences, prompt_key
 from alignkit.progress import make_progress
 
 _ROLES = ("system", "user", "assistant")
 PART_FORMAT = "alignkit-generate-part/1"
-CHUNK_BATCHES = 4
-"""A chunk is this many batches (or rounds of concurrent requests): what a failure can lose."""
 
 
 class GenerateCommandConfig(GenerateConfig):
@@ -221,22 +220,6 @@ def _chunks(todo: list[int], size: int) -> Iterator[list[int]]:
         yield todo[start : start + size]
 
 
-def generate_chunk(
-    backend: ModelBackend, prompts: list[Prompt], idx: list[int], occurrence: list[int], config
-) -> list[Completion]:
-    """Completions of ``prompts[i]`` for ``i`` in ``idx``, each the one that a single call with
-    every prompt would give: copies of one prompt are asked for one occurrence at a time,
-    under ``occurrence_seed`` (the rule of :mod:`alignkit.models.sampling`)."""
-    if config.temperature == 0:
-        return backend.generate([prompts[i] for i in idx], config)
-    out: dict[int, Completion] = {}
-    for k in sorted({occurrence[i] for i in idx}):
-        group = [i for i in idx if occurrence[i] == k]
-        settings = config.model_copy(update={"seed": occurrence_seed(config.seed, k)})
-        out.update(zip(group, backend.generate([prompts[i] for i in group], settings), strict=True))
-    return [out[i] for i in idx]
-
-
 def _fitting(backend, prompts: list[Prompt], todo: list[int], config, mode: str) -> list[int]:
     """The prompts of ``todo`` that fit the model's context; over-long ones raise (``error``,
     before anything is generated) or are left out (``skip``). Backends that cannot measure
@@ -303,17 +286,27 @@ def _identity(backend) -> dict:
 def _generate(backend, prompts, todo, gen, sink, config) -> None:
     """Generate ``todo`` a chunk at a time; each chunk goes to ``sink`` or is printed."""
     occurrence = occurrences([prompt_key(p) for p in prompts])
-    size = CHUNK_BATCHES * max(config.backend.batch_size, config.backend.max_concurrency)
+    size = chunk_size(config.backend)
     done = len(sink.rows) if sink is not None else 0
     with make_progress(transient=True) as bar:
         task = bar.add_task("generate", total=done + len(todo), completed=done, info="")
         for idx in _chunks(todo, size):
-            completions = generate_chunk(backend, prompts, idx, occurrence, gen)
-            if sink is not None:
-                sink.add({i: _row(prompts[i], c) for i, c in zip(idx, completions, strict=True)})
-            else:
-                _print_completions([prompts[i] for i in idx], completions)
+            try:
+                completions = generate_indexed(backend, prompts, idx, occurrence, gen)
+            except IncompleteGeneration as exc:  # keep the prompts that finished
+                _emit(sink, prompts, exc.done)
+                raise
+            _emit(sink, prompts, completions)
             bar.update(task, advance=len(idx))
+
+
+def _emit(sink, prompts: list[Prompt], completions: dict[int, Completion]) -> None:
+    """Finished completions to the part file, or printed in input order."""
+    if sink is not None:
+        sink.add({i: _row(prompts[i], c) for i, c in sorted(completions.items())})
+    else:
+        order = sorted(completions)
+        _print_completions([prompts[i] for i in order], [completions[i] for i in order])
 
 
 def _report_failure(exc: BaseException, sink, total: int) -> None:

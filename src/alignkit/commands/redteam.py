@@ -84,10 +84,14 @@ def run(config: RedTeamConfig) -> None:
             f"{s.errors} target errors{again if s.retried else ''}; stopped: {s.stopped}"
         )
     if result.qd is not None:
-        print_note(f"quality-diversity coverage: {result.qd.coverage:.1%}")
+        qd = result.qd
+        print_note(
+            f"quality-diversity: {qd.iterations} iterations, coverage {qd.coverage:.1%}; "
+            f"stopped: {qd.stopped}"
+        )
     _print_results(result.results)
-    held = f"; {result.summary.pending} may go away: run again to retry them"
-    pending = result.summary is not None and result.summary.pending
+    held = f"; {result.pending} may go away: run again to retry them"
+    pending = result.pending
     print_note(  # read from the store at the end: every attack's rows, quality-diversity too
         f"store holds {result.results['attempts']} attempts, "
         f"{result.results['errors']} errored{held if pending else ''}"

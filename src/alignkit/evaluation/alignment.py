@@ -26,6 +26,7 @@ from alignkit.evaluation.scorers import DIMENSIONS, Scorer, build_scorer, defini
 from alignkit.evaluation.stats import Estimate, estimate
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
+from alignkit.models.resilient import chunk_size
 
 GROUND_TRUTH = "testbed"
 
@@ -248,7 +249,7 @@ def cached(backend: ModelBackend, cache: CallCache | None) -> ModelBackend:
     """``backend`` answering through ``cache`` (unchanged if no cache or already cached)."""
     if cache is None or isinstance(backend, CachedBackend):
         return backend
-    return CachedBackend(backend, cache)
+    return CachedBackend(backend, cache, chunk_size(getattr(backend, "options", None)))
 
 
 def _open_cache(cache: CallCache | str | Path | bool) -> CallCache | None:

@@ -29,7 +29,8 @@ from typing import Any
 
 from alignkit.errors import DataError
 from alignkit.models.base import Completion, GenerationConfig, ModelBackend, Prompt, TokenLogprobs
-from alignkit.models.sampling import SAMPLING_RULE, occurrence_seed, occurrences, prompt_key
+from alignkit.models.resilient import IncompleteGeneration, generate_indexed
+from alignkit.models.sampling import SAMPLING_RULE, occurrences, prompt_key
 from alignkit.paths import cache_dir
 from alignkit.progress import counter
 
@@ -160,6 +161,7 @@ class CachedBackend:
         """Values for ``keys``: cached ones, then the rest from ``call(indices)`` chunk by chunk."""
         found = self.cache.get_many(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]
+        before = len(self.cache)
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         # progress over the calls sent to the model, when there are several chunks of them
@@ -167,7 +169,16 @@ class CachedBackend:
         with counter(f"model calls ({self.name})", len(todo), show) as advance:
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]
-                results = call(chunk)
+                try:
+                    results = call(chunk)
+                except IncompleteGeneration as exc:  # keep what finished; a rerun asks the rest
+                    self.cache.put_many({keys[i]: encode(c) for i, c in exc.done.items()})
+                    kept = len(self.cache) - before
+                    exc.message += (
+                        f" ({kept} of {len(todo)} new model calls are kept in the call cache "
+                        f"{self.cache.path}; run the same command again to resume)"
+                    )
+                    raise
                 fresh = {keys[i]: encode(r) for i, r in zip(chunk, results, strict=True)}
                 self.cache.put_many(fresh)
                 found.update(fresh)
@@ -199,12 +210,7 @@ class CachedBackend:
         ]
 
         def call(idx: list[int]) -> list[Completion]:
-            out: dict[int, Completion] = {}
-            for k in sorted({occurrence[i] for i in idx}):
-                group = [i for i in idx if occurrence[i] == k]
-                settings_k = config.model_copy(update={"seed": occurrence_seed(config.seed, k)})
-                answers = self.backend.generate([prompts[i] for i in group], settings_k)
-                out.update(zip(group, answers, strict=True))
+            out = generate_indexed(self.backend, prompts, idx, occurrence, config)
             return [out[i] for i in idx]
 
         return self._through_cache(

@@ -37,6 +37,16 @@ def _attacks_table(rt: dict[str, Any]) -> Table | None:
     return Table("Attacks", ["attack", "family", "description", "paper"], rows, align_numbers=False)
 
 
+def _estimates_table(title: str, key: str, estimates: dict, errored: int) -> Table:
+    """One row per estimate; an ``errored`` column (attempts without a reply) when any."""
+    columns = [key, *ESTIMATE_COLUMNS, *(["errored"] if errored else [])]
+    rows = [
+        [name, *estimate_cells(e), *([str((e or {}).get("errored", 0))] if errored else [])]
+        for name, e in estimates.items()
+    ]
+    return Table(title, columns, rows)
+
+
 def _efficiency_table(rt: dict[str, Any]) -> Table | None:
     qps = rt.get("queries_per_success") or {}
     bleu = rt.get("diversity_self_bleu") or {}
@@ -125,8 +135,15 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
     rate = rate_name(rt)
     title = "Attack success rate" if rate == "ASR" else f"{rate[0].upper()}{rate[1:]} (not harm)"
     asr = rt.get("asr") or {}
-    rows = [[name, *estimate_cells(estimate)] for name, estimate in asr.items()]
-    section.tables.append(Table(title, ["attack", *ESTIMATE_COLUMNS], rows))
+    errored = (rt.get("errored") or {}).get("all", 0)
+    section.tables.append(_estimates_table(title, "attack", asr, errored))
+    if errored:
+        section.notes.append(
+            f"{errored} errored attempts (the target failed: no reply) count neither as "
+            "successes nor as failures: n counts answered behaviours or attempts, and the "
+            "'errored' column the attempts without a reply; running the campaign again sends "
+            "those whose error may go away."
+        )
     section.attach(
         title,
         plots.estimate_bars(asr, f"{title} (lower is better)", xlabel=rate, lower_is_better=True),
@@ -136,9 +153,8 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
         section.notes.append(note)
     per_attempt = rt.get("attempt_success") or {}
     if per_attempt:
-        rows = [[name, *estimate_cells(e)] for name, e in per_attempt.items()]
         section.tables.append(
-            Table("Success rate per attempt", ["attack", *ESTIMATE_COLUMNS], rows)
+            _estimates_table("Success rate per attempt", "attack", per_attempt, errored)
         )
     efficiency = _efficiency_table(rt)
     if efficiency:

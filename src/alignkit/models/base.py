@@ -68,6 +68,12 @@ class BackendOptions(BaseModel):
     retry_budget: float = Field(
         60.0, ge=0, description="Most seconds spent sleeping between retries, per request."
     )
+    max_tries: int = Field(
+        3,
+        ge=1,
+        description="Sends of a prompt whose request still failed with 429 / 5xx / no "
+        "connection after its retries, per run; what is left fails the run, keeping the rest.",
+    )
 
 
 @dataclass

@@ -50,6 +50,12 @@ class RedTeamConfig(CommandConfig):
     early_stop: bool = Field(True, description="Stop attacking a behaviour once it is broken.")
     qd_iterations: int = Field(20, ge=1, description="Quality-diversity iterations.")
     qd_batch_size: int = Field(16, ge=1, description="Quality-diversity candidates per iteration.")
+    chunk_size: int = Field(
+        64, ge=1, description="Candidates queried, judged and stored together (a kill loses one)."
+    )
+    flush_seconds: float = Field(
+        10.0, gt=0, description="Store a chunk after this many seconds even if it is not full."
+    )
     report: bool = Field(True, description="Write redteam.json and report.html after the run.")
     generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(max_new_tokens=64, temperature=0.0)

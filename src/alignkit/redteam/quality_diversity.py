@@ -17,6 +17,14 @@ on, so a run stopped after ``k`` iterations and resumed to ``k + m`` ends with t
 archive as an uninterrupted run: each iteration's choices depend only on the archive and an
 RNG seeded by (seed, iteration).
 
+A candidate the target failed with an error that may go away (429, 5xx, no connection, after
+the client's retries) is sent again within the iteration, up to ``max_tries`` sends. If some
+still have no answer, the iteration is stored with them as errored attempts (neither success
+nor failure: not counted in a cell's ASR) and the run stops (``stopped="errored"``) rather
+than go on from an archive a fault-free run would not have; the next run sends them again
+first (``max_tries`` more), then goes on. Errors that would repeat (a prompt the server
+rejects) are final, as in a fault-free run.
+
 With the rule-based mutator (the default, and the only attacker the testbed can offer) the
 "mutation" is a rewrite with the template library and the converters; see
 :mod:`alignkit.redteam.mutators`.
@@ -24,6 +32,7 @@ With the rule-based mutator (the default, and the only attacker the testbed can 
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,6 +104,8 @@ class QDResult:
     iterations: int  # completed iterations, earlier runs included
     diversity: dict[str, float | None] = field(default_factory=dict)
     threshold: float = 0.5
+    stopped: str = "finished"  # finished | errored (candidates still without an answer)
+    pending: int = 0  # candidates whose error may go away: the next run sends them again
 
     @property
     def n_cells(self) -> int:
@@ -117,6 +128,8 @@ class QDResult:
             "categories": self.categories,
             "styles": self.styles,
             "iterations": self.iterations,
+            "stopped": self.stopped,
+            "pending": self.pending,
             "coverage": self.coverage,
             "success_coverage": self.success_coverage,
             "diversity": self.diversity,
@@ -141,7 +154,9 @@ class MultiObjectiveRedTeaming:
     name; ``mutator``: a mutator, ``"rules"``, a model string or backend (default: rules);
     ``styles``: template styles, converter names or ``style+converter`` combinations;
     ``categories``: the archive's rows (default: the behaviours' categories);
-    ``new_behaviour_rate``: how often a full cell starts over from a seed behaviour.
+    ``new_behaviour_rate``: how often a full cell starts over from a seed behaviour;
+    ``max_tries``: sends per run of a candidate the target failed with an error that may go
+    away.
     """
 
     def __init__(
@@ -160,7 +175,11 @@ class MultiObjectiveRedTeaming:
         threshold: float = 0.5,
         embed: Embedder | None = None,
         progress: bool | None = None,
+        max_tries: int = 3,
     ) -> None:
+        if max_tries < 1:
+            raise ConfigError("quality-diversity: max_tries must be at least 1")
+        self.max_tries = max_tries
         self.behaviours = _behaviours(behaviours, seed)
         self.by_id = {b.id: b for b in self.behaviours}
         self.by_category: dict[str, list[Behaviour]] = {}
@@ -219,16 +238,20 @@ class MultiObjectiveRedTeaming:
             self.store.set_meta("judges", {self.judge.name: definition})
 
     def _load(self) -> None:
-        """Rebuild the archive and counts from the stored attempts, in iteration order."""
+        """Rebuild the archive and counts from the stored attempts, in iteration order, and
+        find the candidates still waiting for an answer."""
         attempts = sorted(self.store.attempts(ATTACK_NAME), key=lambda a: (a.step, a.index))
+        self.archive, self.counts = {}, {}
         for attempt in attempts:
             self._record(attempt)
         self.completed = 1 + max((a.step for a in attempts), default=-1)
+        self.pending = self.store.retryable(ATTACK_NAME)
 
     def _record(self, attempt: Attempt) -> bool:
-        """Count an attempt and make it the cell's incumbent if it beats it; True if kept."""
+        """Count an answered attempt and make it the cell's incumbent if it beats it; True if
+        it did. Errored attempts count nowhere."""
         cell = tuple(attempt.meta.get("cell", ()))
-        if len(cell) != 2:
+        if len(cell) != 2 or attempt.error is not None:
             return False
         counts = self.counts.setdefault(cell, [0, 0])
         counts[0] += 1
@@ -294,53 +317,84 @@ class MultiObjectiveRedTeaming:
         requests = [MutationRequest(b.goal, parents, cell[1]) for cell, b, parents, _ in plans]
         outputs = mutate_all(self.mutator, requests, rng)
         chosen = [(plan, out[0]) for plan, out in zip(plans, outputs, strict=True) if out]
-        prompts = [prompt for _, prompt in chosen]
-        replies = query_target(self.target, prompts, self.generation)
-        behaviours = [plan[1] for plan, _ in chosen]
-        scores = self._judge(behaviours, prompts, [r.text for r in replies])
-        attempts = []
-        for index, ((cell, behaviour, _, ref), prompt) in enumerate(chosen):
-            reply, score = replies[index], scores[index]
-            attempt = Attempt(
-                attack=ATTACK_NAME,
-                behaviour_id=behaviour.id,
-                step=step,
-                index=index,
-                prompt=prompt,
-                response=reply.text,
-                scores={self.judge.name: score},
-                success=score is not None and score >= self.threshold,
-                style=cell[1],
-                meta={"cell": list(cell), "fitness": score, "parent": ref},
-                error=reply.error,
-                latency_s=reply.latency_s,
-                category=behaviour.category,
-            )
-            attempt.meta["kept"] = self._record(attempt)
-            attempts.append(attempt)
-        self.store.add_round(attempts)
+        items = [
+            (step, index, cell, behaviour, ref, prompt)
+            for index, ((cell, behaviour, _, ref), prompt) in enumerate(chosen)
+        ]
+        attempts, transient = self._answer(items)
+        for attempt in attempts:
+            self._record(attempt)
+        self.store.add_round(attempts, transient)
+        self.pending = [a for a, t in zip(attempts, transient, strict=True) if t]
         self.completed = step + 1
         return attempts
+
+    def _answer(self, items: list[tuple]) -> tuple[list[Attempt], list[bool]]:
+        """Query, judge and build the attempts of ``(step, index, cell, behaviour, parent,
+        prompt)`` items; with each, whether its error may go away."""
+        prompts = [item[-1] for item in items]
+        replies = query_target(self.target, prompts, self.generation, resend=self.max_tries - 1)
+        behaviours = [item[3] for item in items]
+        scores = self._judge(behaviours, prompts, [r.text for r in replies])
+        attempts = []
+        for (step, index, cell, behaviour, ref, prompt), reply, score in zip(
+            items, replies, scores, strict=True
+        ):
+            attempts.append(
+                Attempt(
+                    attack=ATTACK_NAME,
+                    behaviour_id=behaviour.id,
+                    step=step,
+                    index=index,
+                    prompt=prompt,
+                    response=reply.text,
+                    scores={self.judge.name: score},
+                    success=score is not None and score >= self.threshold,
+                    style=cell[1],
+                    meta={"cell": list(cell), "fitness": score, "parent": ref},
+                    error=reply.error,
+                    latency_s=reply.latency_s,
+                    category=behaviour.category,
+                )
+            )
+        return attempts, [r.error is not None and r.transient for r in replies]
+
+    def retry(self) -> int:
+        """Send the stored candidates still waiting for an answer again; store what came back
+        and rebuild the archive. Returns how many are still waiting."""
+        items = [
+            (a.step, a.index, tuple(a.meta["cell"]), self.by_id[a.behaviour_id],
+             a.meta.get("parent"), a.prompt)
+            for a in self.pending
+        ]  # fmt: skip
+        attempts, transient = self._answer(items)
+        self.store.add_round(attempts, transient)
+        self._load()  # in (iteration, index) order: the archive a fault-free run has
+        return len(self.pending)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, iterations: int = 20, batch_size: int = 16) -> QDResult:
         """Iterate until ``iterations`` have been completed in total (stored ones count, so
-        a rerun resumes), each with ``batch_size`` candidates; the result covers all."""
+        a rerun resumes), each with ``batch_size`` candidates; the result covers all. Stops
+        early, with ``stopped="errored"``, while candidates wait for an answer."""
         if iterations < 0 or batch_size < 1:
             raise ConfigError("quality-diversity: iterations >= 0 and batch_size >= 1 needed")
         show = True if self.progress is None else self.progress  # plain off a terminal
-        todo = range(self.completed, iterations)
-        if show and todo:
-            with make_progress() as bar:
-                task = bar.add_task("quality-diversity", total=iterations, info="")
-                bar.update(task, completed=self.completed)
-                for _ in todo:
-                    self.step(batch_size)
-                    bar.update(task, advance=1, info=self._info())
-        else:
-            for _ in todo:
+        if not (self.pending or self.completed < iterations):
+            return self.result()
+        with make_progress() if show else contextlib.nullcontext() as bar:
+            task = None
+            if bar is not None:
+                task = bar.add_task(
+                    ATTACK_NAME, total=iterations, completed=self.completed, info=""
+                )
+            if self.pending:
+                self.retry()
+            while self.completed < iterations and not self.pending:
                 self.step(batch_size)
+                if bar is not None:
+                    bar.update(task, completed=self.completed, info=self._info())
         return self.result()
 
     def _info(self) -> str:
@@ -366,6 +420,8 @@ class MultiObjectiveRedTeaming:
             iterations=self.completed,
             diversity=diversity(prompts, self.embed),
             threshold=self.threshold,
+            stopped="errored" if self.pending else "finished",
+            pending=len(self.pending),
         )
 
 

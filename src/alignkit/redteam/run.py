@@ -26,6 +26,7 @@ class CampaignRun:
     summary: Any = None  # CampaignSummary
     qd: Any = None  # QDResult
     results: dict = field(default_factory=dict)  # redteam.json content
+    pending: int = 0  # errored attempts in the store that may go away: a rerun sends them
     report: dict[str, Path] = field(default_factory=dict)
 
 
@@ -124,6 +125,9 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             early_stop=config.early_stop,
             seed=config.seed,
             attack_behaviours=config.attack_behaviours,
+            max_tries=config.backend.max_tries,
+            chunk_size=config.chunk_size,
+            flush_seconds=config.flush_seconds,
         )
         run.summary = campaign.run()
     if "quality-diversity" in config.attacks:
@@ -137,11 +141,13 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             store=store,
             generation=config.generation,
             seed=config.seed,
+            max_tries=config.backend.max_tries,
             **config.attack_options.get("quality-diversity", {}),
         )
         run.qd = qd.run(iterations=config.qd_iterations, batch_size=config.qd_batch_size)
-    if run.summary is not None:  # the store's counts now, quality-diversity rows included
-        errored = store.errored()
+    errored = store.errored()  # the store's counts now, quality-diversity rows included
+    run.pending = errored["transient"]
+    if run.summary is not None:
         run.summary.total_attempts = store.count()
         run.summary.errored, run.summary.pending = errored["errored"], errored["transient"]
     evaluator = RedTeamingEvaluator(store, seed=config.seed)

@@ -171,10 +171,13 @@ class CampaignStore:
     def attempts(self, attack: str | None = None) -> list[Attempt]:
         return self._select("WHERE attack = ?", (attack,)) if attack else self._select()
 
-    def retryable(self, attack: str, behaviour_id: str) -> list[Attempt]:
-        """The errored attempts of a pair whose error may go away (tried again by campaigns)."""
-        where = "WHERE attack = ? AND behaviour_id = ? AND error IS NOT NULL AND transient = 1"
-        return self._select(where, (attack, behaviour_id))
+    def retryable(self, attack: str, behaviour_id: str | None = None) -> list[Attempt]:
+        """The errored attempts of an attack (of one behaviour, if given) whose error may go
+        away: campaigns and quality-diversity send them again."""
+        where = "WHERE attack = ? AND error IS NOT NULL AND transient = 1"
+        if behaviour_id is None:
+            return self._select(where, (attack,))
+        return self._select(where + " AND behaviour_id = ?", (attack, behaviour_id))
 
     def count(self) -> int:
         with self._lock:

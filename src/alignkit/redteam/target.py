@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
 from alignkit.models.base import GenerationConfig, ModelBackend
+from alignkit.models.resilient import is_transient, send_each
 
 FAILURES = (AlignkitError, OSError, RuntimeError, ValueError)
 """What a failing backend call raises (anything else is a bug and propagates)."""
@@ -37,15 +38,6 @@ class TargetReply:
     error: str | None = None
     latency_s: float = 0.0
     transient: bool = False  # the failure may go away: try again later
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that may go away if tried later: errors marked ``transient`` (the
-    OpenAI-compatible backend's 429 / 5xx / connection failures after its retries) and
-    connection or timeout errors."""
-    return bool(getattr(exc, "transient", False)) or isinstance(
-        exc, (ConnectionError, TimeoutError)
-    )
 
 
 def _failed(exc: BaseException, latency: float) -> TargetReply:
@@ -72,31 +64,16 @@ def _each(
     target: ModelBackend, prompts: list[str], config: GenerationConfig, resend: int
 ) -> list[TargetReply]:
     """Prompt by prompt: keep every answer, send the transient failures again."""
-    replies: list[TargetReply | None] = [None] * len(prompts)
-    todo = list(range(len(prompts)))
-    for sending in range(1 + resend):
-        start = time.perf_counter()
-        try:
-            outcomes = target.generate_each([prompts[i] for i in todo], config)  # type: ignore[attr-defined]
-        except FAILURES:  # the call as a whole failed: isolate prompts the classic way
-            for i, reply in zip(
-                todo, _split(target, [prompts[i] for i in todo], config), strict=True
-            ):
-                replies[i] = reply
-            break
-        each = (time.perf_counter() - start) / len(todo)
-        again = []
-        for i, outcome in zip(todo, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                replies[i] = _failed(outcome, each)
-                if replies[i].transient and sending < resend:
-                    again.append(i)
-            else:
-                replies[i] = TargetReply(outcome.text, None, each)
-        if not again:
-            break
-        todo = again
-    return replies  # type: ignore[return-value]
+    start = time.perf_counter()
+    try:
+        outcomes = send_each(target, prompts, config, tries=1 + resend)
+    except FAILURES:  # the call as a whole failed: isolate prompts the classic way
+        return _split(target, prompts, config)
+    each = (time.perf_counter() - start) / len(prompts)
+    return [
+        _failed(o, each) if isinstance(o, BaseException) else TargetReply(o.text, None, each)
+        for o in outcomes
+    ]
 
 
 def _split(target: ModelBackend, prompts: list[str], config: GenerationConfig) -> list[TargetReply]:

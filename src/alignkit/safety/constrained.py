@@ -29,6 +29,7 @@ is *met* is the independent figure's verdict, reported beside the cost model's.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from alignkit.atomic import replace_dir, write_text
 from alignkit.config import CommandConfig, ModelString
 from alignkit.errors import AlignkitError, ConfigError, DataError
 from alignkit.evaluation.rundir import write_jsonl
@@ -133,7 +135,7 @@ def launch_dpo(config, num_processes: int) -> Path:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_file, log = out / "dpo.yaml", out / "accelerate.log"
-    config_file.write_text(dump_config(config.model_copy(update={"resume": True})))
+    write_text(config_file, dump_config(config.model_copy(update={"resume": True})))
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
         str(num_processes), "-m", "alignkit", "dpo", "--config", str(config_file),
@@ -157,10 +159,15 @@ def _merge_adapter(final: Path) -> bool:
 
     merged = AutoPeftModelForCausalLM.from_pretrained(final).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(final)
-    for adapter_file in final.glob("adapter_*"):
-        adapter_file.unlink()
-    merged.save_pretrained(final, safe_serialization=True)
-    tokenizer.save_pretrained(final)
+    tmp = final.with_name(f".{final.name}.merged.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for item in final.iterdir():  # what else the run wrote there stays
+        keep = item.is_file() and not item.name.startswith("adapter_")
+        if keep and not (tmp / item.name).exists():
+            shutil.copy2(item, tmp / item.name)
+    replace_dir(tmp, final)  # the adapter stays in place until the whole model is written
     return True
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+from alignkit.atomic import move_files_into, write_text
 from alignkit.errors import DataError, ModelError
 from alignkit.models.base import ModelSpec
 from alignkit.safety.value_config import Kind, ValueModelConfig
@@ -176,15 +179,24 @@ class ValueModel:
 
     def save(self, directory: str | Path) -> Path:
         """Save as a sequence-classification checkpoint (safetensors), the tokenizer and
-        ``alignkit_value_model.json``; a LoRA adapter is merged into the backbone first."""
+        ``alignkit_value_model.json``; a LoRA adapter is merged into the backbone first. Each
+        file appears whole, and the metadata file, which :meth:`load` needs, comes last: a
+        save killed half way leaves a folder that is refused, never half a model."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         if hasattr(self.model, "peft_config"):
             self.model = self.model.merge_and_unload()
-        self.model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / METADATA_FILE).unlink(missing_ok=True)  # not a value model until the end
+        tmp = directory / f".saving.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            move_files_into(tmp, directory)  # each file whole; other files stay
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         meta = {"kind": self.kind, "dimension": self.dimension, "max_length": self.max_length}
-        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_text(directory / METADATA_FILE, json.dumps(meta, indent=2) + "\n")  # last
         return directory
 
     @classmethod
@@ -393,7 +405,7 @@ def train_value_model(
     if config.output_dir is not None:
         value_model.save(config.output_dir)
         metrics = {"train": value_model.history, "eval": value_model.metrics}
-        (Path(config.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text(Path(config.output_dir) / "metrics.json", json.dumps(metrics, indent=2))
     return value_model
 
 
