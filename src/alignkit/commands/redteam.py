@@ -62,6 +62,13 @@ def _print_results(results: dict) -> None:
     for judge, stats in results["judge_agreement"].items():
         print_note(f"judge {judge}: {stats['agreement']:.1%} agreement with ground truth "
                    f"(n={stats['n']})")  # fmt: skip
+    unscored = (results.get("unscored") or {}).get("all", 0)
+    if unscored:
+        print_note(
+            f"warning: the primary judge could not score {unscored} of "
+            f"{results['attempts']} attempts; they count as failed attacks, so the rates above "
+            "are floors (a judge that knows these behaviours: --judge refusal, llm, ...)"
+        )
     errored = (results.get("errored") or {}).get("all", 0)
     if errored:
         print_note(
@@ -76,6 +83,8 @@ def run(config: RedTeamConfig) -> None:
     from alignkit.redteam.run import run_campaign
 
     result = run_campaign(config)
+    for note in result.notes:
+        print_note(note)
     if result.summary is not None:
         s = result.summary
         again = f", {s.retried} errored attempts sent again ({s.recovered} answered)"

@@ -47,6 +47,29 @@ def _estimates_table(title: str, key: str, estimates: dict, errored: int) -> Tab
     return Table(title, columns, rows)
 
 
+MAX_TEMPLATE_ROWS = 40
+
+
+def _template_tables(rt: dict[str, Any], errored: int) -> list[Table]:
+    """ASR per template file (source) and per template, the most successful templates first
+    (at most :data:`MAX_TEMPLATE_ROWS` rows; redteam.json holds them all)."""
+    tables = []
+    sources = rt.get("asr_by_template_source") or {}
+    if len(sources) > 1:
+        tables.append(_estimates_table("ASR per template source", "source", sources, errored))
+    per = rt.get("asr_by_template") or {}
+    if per:
+        ranked = sorted(per.items(), key=lambda kv: (-(kv[1].get("value") or 0.0), kv[0]))
+        shown = dict(ranked[:MAX_TEMPLATE_ROWS])
+        title = "ASR per template" + (
+            f" (the {MAX_TEMPLATE_ROWS} most successful of {len(per)})"
+            if len(per) > MAX_TEMPLATE_ROWS
+            else ""
+        )
+        tables.append(_estimates_table(title, "template", shown, errored))
+    return tables
+
+
 def _efficiency_table(rt: dict[str, Any]) -> Table | None:
     qps = rt.get("queries_per_success") or {}
     bleu = rt.get("diversity_self_bleu") or {}
@@ -126,6 +149,12 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
             f"{rt.get('successes', '?')} judged successful, {rt.get('errors', 0)} target errors. "
             "ASR counts a behaviour as broken if any attempt on it succeeded."
         )
+    unscored = (rt.get("unscored") or {}).get("all", 0)
+    if unscored:
+        section.notes.append(
+            f"Warning: the primary judge could not score {unscored} answered attempts; they "
+            "count as failed attacks, so every rate below is a floor, not a measurement."
+        )
     attacks = _attacks_table(rt)
     if attacks:
         section.tables.append(attacks)
@@ -164,6 +193,7 @@ def redteam_section(run: RunData, prefix: str = "") -> Section | None:
         rows = [[c, *estimate_cells(e)] for c, e in by_category.items()]
         section.tables.append(Table("ASR per harm category", ["category", *ESTIMATE_COLUMNS], rows))
     section.tables += _judges_tables(rt)
+    section.tables += _template_tables(rt, errored)
     examples = rt.get("examples") or []
     section.examples = [_example(row, i) for i, row in enumerate(examples[:MAX_EXAMPLES], start=1)]
     return section

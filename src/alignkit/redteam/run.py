@@ -27,6 +27,7 @@ class CampaignRun:
     qd: Any = None  # QDResult
     results: dict = field(default_factory=dict)  # redteam.json content
     pending: int = 0  # errored attempts in the store that may go away: a rerun sends them
+    notes: list[str] = field(default_factory=list)  # what loading the user's files adjusted
     report: dict[str, Path] = field(default_factory=dict)
 
 
@@ -93,6 +94,7 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             f"unknown attack(s) {unknown}; choose from "
             f"{', '.join(sorted([*ATTACKS, 'quality-diversity']))}"
         )
+    attack_options = _template_options(config, names)  # read before the target loads
     out = Path(config.output_dir)
     store = CampaignStore(config.store_path)
     _check_store(store, config)
@@ -108,11 +110,11 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
     judge = build_judge(config.primary_judge(), **options)
     extra = [build_judge(j, **options) for j in config.extra_judges]
     attacker = _attacker(config, load)
-    run = CampaignRun(out)
+    run = CampaignRun(out, notes=list(attack_options.pop("_notes", [])))
     if names:
         campaign = RedTeaming(
             target,
-            [(a, config.attack_options.get(a, {})) for a in names],
+            [(a, attack_options.get(a, {})) for a in names],
             behaviours,
             store=store,
             judge=judge,
@@ -142,7 +144,7 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
             generation=config.generation,
             seed=config.seed,
             max_tries=config.backend.max_tries,
-            **config.attack_options.get("quality-diversity", {}),
+            **attack_options.get("quality-diversity", {}),
         )
         run.qd = qd.run(iterations=config.qd_iterations, batch_size=config.qd_batch_size)
     errored = store.errored()  # the store's counts now, quality-diversity rows included
@@ -158,6 +160,23 @@ def run_campaign(config: RedTeamConfig) -> CampaignRun:
 
         run.report = generate_alignment_report(out)
     return run
+
+
+def _template_options(config: RedTeamConfig, names: list[str]) -> dict:
+    """Attack options with the user's template files (``config.templates``) loaded into the
+    templates attack's ``extra_templates``; ``"_notes"`` says what the load did."""
+    options = {name: dict(value) for name, value in config.attack_options.items()}
+    if not config.templates:
+        return options
+    if "templates" not in names:
+        raise ConfigError("--templates needs the templates attack (--attacks templates)")
+    from alignkit.redteam.template_formats import load_template_paths
+    from alignkit.redteam.templates import TEMPLATES
+
+    loaded = load_template_paths(config.templates, config.on_bad_record, set(TEMPLATES))
+    options.setdefault("templates", {})["extra_templates"] = loaded.templates
+    options["_notes"] = [f"templates: {loaded.summary()}"]
+    return options
 
 
 def _attacker(config: RedTeamConfig, load):

@@ -13,6 +13,10 @@ prompts without an answer are sent again:
   is sent again; if it carries none, the batch is split in halves and retried, down to single
   prompts, so one prompt the backend rejects is recorded against that prompt only.
 
+A prompt too long for a local target's context (its tokens plus ``max_new_tokens``, measured
+before generating, so memory stays bounded by the batch) is not sent: it gets ``text=None`` and
+an error starting :data:`TOO_LONG`, a final error that reports count as errored.
+
 A prompt that still fails gets ``text=None``, its error message, and ``transient`` saying
 whether the failure may go away (a campaign tries such attempts again on its next round or
 run) or would repeat (a 400 for this prompt, a local model error).
@@ -27,6 +31,9 @@ from dataclasses import dataclass
 from alignkit.errors import AlignkitError
 from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.models.resilient import is_transient, send_each
+
+TOO_LONG = "too long for the target's context"
+"""How a skipped over-long prompt's error starts (a final error: it is not sent again)."""
 
 FAILURES = (AlignkitError, OSError, RuntimeError, ValueError)
 """What a failing backend call raises (anything else is a bug and propagates)."""
@@ -55,6 +62,19 @@ def query_target(
     """
     if not prompts:
         return []
+    fits = getattr(target, "fits", None)
+    if callable(fits):  # measured before generating: an over-long prompt is never sent
+        ok = fits(list(prompts), config)
+        if not all(ok):
+            sent = [p for p, f in zip(prompts, ok, strict=True) if f]
+            answers = iter(query_target(target, sent, config, resend) if sent else [])
+            context = getattr(target, "context", None)
+            skipped = TargetReply(
+                None,
+                f"{TOO_LONG}: the prompt and max_new_tokens={config.max_new_tokens} exceed the "
+                f"model's context of {context} tokens; not sent",
+            )
+            return [next(answers) if f else skipped for f in ok]
     if callable(getattr(target, "generate_each", None)):
         return _each(target, list(prompts), config, resend)
     return _split(target, list(prompts), config)

@@ -26,14 +26,15 @@ from alignkit.redteam.base import (
     register_attack,
 )
 from alignkit.redteam.converters import get_converter
-from alignkit.redteam.templates import TEMPLATES, Template, get_template, load_templates
+from alignkit.redteam.template_formats import load_template_paths
+from alignkit.redteam.templates import TEMPLATES, Template, get_template
 
 DIRECT_STYLE = "direct"
 
 
 def _names(value: Any, option: str) -> list[str] | str:
     if isinstance(value, str):
-        return value if value == "all" else [value]
+        return value if value in ("all", "files") else [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return list(value)
     raise ConfigError(f"templates attack: {option} must be 'all' or a list of names, got {value!r}")
@@ -47,8 +48,11 @@ class TemplateAttack:
     ``converters`` (names, or "all"; default ``["identity"]``), ``max_candidates`` (most
     template x converter pairs per behaviour, a seeded sample in library order when there are
     more; the direct baseline comes on top), ``include_direct`` (also send the bare request,
-    style "direct"), ``template_files`` (YAML / JSON / JSONL files of extra templates, see
-    :func:`alignkit.redteam.templates.load_templates`) and ``convert`` ("goal" or "prompt").
+    style "direct"), ``template_files`` (files or directories of extra templates: PyRIT,
+    garak or alignkit layouts, see :mod:`alignkit.redteam.template_formats`; ``templates=
+    "files"`` uses only those), ``on_bad_record`` ("error" or "skip" a bad template entry),
+    ``extra_templates`` (Template objects, already loaded) and ``convert`` ("goal" or
+    "prompt").
     """
 
     meta: ClassVar[AttackMeta] = AttackMeta(
@@ -71,11 +75,16 @@ class TemplateAttack:
         include_direct: bool = True,
         template_files: list[str] | str | None = None,
         convert: str = "goal",
+        on_bad_record: str = "error",
+        extra_templates: list[Template] | None = None,
     ) -> None:
         self.context = context or AttackContext()
         library: dict[str, Template] = dict(TEMPLATES)
         files = [template_files] if isinstance(template_files, str) else template_files or []
-        extra = [t for path in files for t in load_templates(path)]
+        extra = list(extra_templates or [])
+        if files:
+            taken = set(library) | {t.name for t in extra}
+            extra += load_template_paths(files, on_bad_record, taken).templates
         for template in extra:
             if template.name in library:
                 raise ConfigError(
@@ -86,6 +95,8 @@ class TemplateAttack:
         chosen = _names(templates, "templates")
         if chosen == "all":  # every jailbreak template ("plain" is the bare request)
             self.templates = [t for t in library.values() if t.style != DIRECT_STYLE]
+        elif chosen == "files":  # only the templates loaded from files
+            self.templates = extra
         else:
             self.templates = [library[n] if n in library else get_template(n) for n in chosen]
         chosen_converters = _names(converters, "converters")
@@ -136,6 +147,7 @@ class TemplateAttack:
                 "template": template.name,
                 "converter": converter.name,
                 "template_style": template.style,
+                "template_source": template.source,
             }
             prompt = self.render(template, converter, behaviour.goal, rng)
             candidates.append(Candidate(prompt, f"{template.name}+{converter.name}", meta=meta))
