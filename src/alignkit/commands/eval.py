@@ -58,6 +58,25 @@ def preference_table(pref) -> Table:
     return table
 
 
+def mc_table(mc) -> Table:
+    """MC1, normalised MC1 and MC2 of a multiple-choice result, overall and per category."""
+    table = Table(title=f"{mc.model} multiple choice", title_justify="left")
+    for column in ("questions", "n", "chance", "MC1", "MC1 normalised", "MC2"):
+        table.add_column(column, justify="left" if column == "questions" else "right")
+    by_category = mc.by_category()
+    for name, figures in [("all", mc.overall), *by_category.items()]:
+        mc2 = figures["mc2"]
+        table.add_row(
+            name,
+            str(figures["n"]),
+            f"{figures['chance']:.3f}",
+            _ci(figures["mc1"].to_dict()),
+            _ci(figures["mc1_normalised"].to_dict()),
+            _ci(mc2.to_dict()) + f" (n={mc2.n})" if mc2 is not None else "n/a",
+        )
+    return table
+
+
 def register(app: typer.Typer) -> None:
     """Add ``eval`` to ``app``."""
 
@@ -68,9 +87,10 @@ def register(app: typer.Typer) -> None:
 
         run = run_evaluation(config)
         out = stdout()
-        out.print(metrics_table(run.alignment))
-        if run.alignment.skipped["count"]:
-            print_note(f"no verdict: {run.alignment.skipped['reasons']}")
+        if run.alignment is not None:
+            out.print(metrics_table(run.alignment))
+            if run.alignment.skipped["count"]:
+                print_note(f"no verdict: {run.alignment.skipped['reasons']}")
         if run.preference is not None:
             out.print(preference_table(run.preference))
         if run.multi_objective is not None:
@@ -78,7 +98,10 @@ def register(app: typer.Typer) -> None:
             print_note(f"Pareto front: {', '.join(mo.front)}; hypervolume {mo.hypervolume:.4f}")
         if run.multiple_choice is not None:
             mc = run.multiple_choice
+            out.print(mc_table(mc))
             print_note(f"multiple choice MC1: {_ci(mc.mc1.to_dict())} (n = {mc.mc1.n})")
+            mc2 = f"{_ci(mc.mc2.to_dict())} (n = {mc.mc2.n})" if mc.mc2 is not None else "n/a"
+            print_note(f"multiple choice MC2: {mc2}")
         print_note(f"results in {run.output_dir}")
         for kind, path in run.report.items():
             print_note(f"report ({kind}): {path}")

@@ -22,6 +22,7 @@ _NAMES = {
     "compare_runs": "compare",
     "evaluate_multiple_choice": "multiple_choice",
     "load_multiple_choice": "multiple_choice",
+    "load_multiple_choice_files": "multiple_choice",
     "EvalConfig": "config",
     "EvalItem": "suites",
     "load_suite": "suites",

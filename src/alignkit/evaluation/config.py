@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.config import CommandConfig, ModelString
 from alignkit.models.base import BackendOptions, GenerationConfig
+
+# the parts of an evaluation `only` can select
+PARTS = ("alignment", "preference", "pareto", "mc")
 
 
 class EvalConfig(CommandConfig):
@@ -55,8 +58,15 @@ class EvalConfig(CommandConfig):
         default_factory=lambda: ["testbed/helpful", "testbed/harmless", "testbed/honest"],
         description="Metrics for the Pareto analysis (scorer/dimension).",
     )
-    mc_file: Path | None = Field(
-        None, description="Multiple-choice file (HHH, TruthfulQA MC or prompt/choices/answer)."
+    mc_file: list[Path] = Field(
+        default_factory=list,
+        description="Multiple-choice files (repeat): BIG-bench task dir / task.json, H4 HHH, "
+        "TruthfulQA.csv / mc_task.json / HF rows, or prompt/choices/answer.",
+    )
+    only: list[str] = Field(
+        default_factory=list,
+        description="Run only these parts (repeat): alignment, preference, pareto, mc "
+        "(default: every part the other settings ask for).",
     )
     # operational
     cache: bool = Field(True, description="Cache model calls (reruns resume, repeat nothing).")
@@ -72,8 +82,42 @@ class EvalConfig(CommandConfig):
         """The one seed of a run: the suite draw, sampling and bootstrap resampling."""
         return self.generation.seed or 0
 
+    @field_validator("mc_file", mode="before")
+    @classmethod
+    def _one_or_more_files(cls, value: object) -> object:
+        """One path (a string or Path) is a list of one; None is no file."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @field_validator("only")
+    @classmethod
+    def _known_parts(cls, value: list[str]) -> list[str]:
+        unknown = [part for part in value if part not in PARTS]
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+        return list(dict.fromkeys(value))
+
+    def runs(self, part: str) -> bool:
+        """Whether ``part`` (one of PARTS) runs: it is in ``only``, or ``only`` is empty and
+        the settings ask for it (alignment always, mc with mc_file, preference with a baseline
+        or reference, pareto with compare_models)."""
+        asked = {
+            "alignment": True,
+            "preference": self.baseline is not None or self.reference is not None,
+            "pareto": bool(self.compare_models),
+            "mc": bool(self.mc_file),
+        }[part]
+        return asked and (not self.only or part in self.only)
+
     @model_validator(mode="after")
     def _needs(self) -> EvalConfig:
+        if "mc" in self.only and not self.mc_file:
+            raise ValueError("only: 'mc' needs mc_file")
+        if "preference" in self.only and self.baseline is None and self.reference is None:
+            raise ValueError("only: 'preference' needs baseline or reference")
+        if "pareto" in self.only and (not self.compare_models or "alignment" not in self.only):
+            raise ValueError("only: 'pareto' needs compare_models and the 'alignment' part")
         if "llm-judge" in self.scorers and self.judge_model is None:
             raise ValueError("the llm-judge scorer needs judge_model")
         if "reward-model" in self.scorers and self.reward_model is None:

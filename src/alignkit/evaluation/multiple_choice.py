@@ -54,6 +54,7 @@ from alignkit.evaluation.multiple_choice_data import (
     MCQuestion,
     detect_shape,
     load_multiple_choice,
+    load_multiple_choice_files,
     parse_question,
 )
 from alignkit.evaluation.rundir import write_json, write_jsonl
@@ -68,6 +69,7 @@ __all__ = [
     "detect_shape",
     "evaluate_multiple_choice",
     "load_multiple_choice",
+    "load_multiple_choice_files",
     "mc1_credit",
     "mc2_mass",
     "parse_question",

@@ -6,12 +6,21 @@ Record shapes (one shape per file, detected from its first record that has one; 
 another shape is a bad record):
 
 - ``hhh`` (BIG-bench, e.g. HHH-alignment): ``{"input": PROMPT, "target_scores": {CHOICE:
-  SCORE, ...}}``; the single highest-scoring choice is the answer. A BIG-bench ``task.json``
-  (``{"examples": [...], ...}``) is read as a list of such records.
+  SCORE, ...}}``, or the HuggingFaceH4/hhh_alignment rows ``{"input": PROMPT, "targets":
+  {"choices": [...], "labels": [1, 0]}}`` (used as they are, unformatted); the single
+  highest-scoring choice is the answer. A BIG-bench ``task.json`` with ``examples``, a
+  directory holding one, or a parent task whose subtasks sit in subdirectories is read as
+  such records, formatted as BIG-bench does, each subtask's name as the category (see
+  :mod:`alignkit.evaluation.mc_benchmarks`).
 - ``truthfulqa`` (TruthfulQA MC): ``{"question": PROMPT, "mc1_targets": TARGETS,
   "mc2_targets": TARGETS}`` where TARGETS is ``{"choices": [...], "labels": [1, 0, ...]}``
   (the Hugging Face layout) or ``{CHOICE: 1 | 0, ...}`` (the original layout). ``mc1_targets``
   holds exactly one true choice; the optional ``mc2_targets`` at least one true and one false.
+  ``mc0_targets`` is ignored. This covers ``data/mc_task.json`` and the Hugging Face
+  ``multiple_choice`` rows.
+- ``truthfulqa_csv``: the rows of ``TruthfulQA.csv`` (``Type, Category, Question, Best Answer,
+  Correct Answers, Incorrect Answers, Source``), read as described in
+  :mod:`alignkit.evaluation.mc_benchmarks`; the category is ``Type/Category``.
 - ``plain``: ``{"prompt": PROMPT, "choices": [...], "answer": INDEX}`` (0-based; the text of
   the right choice is accepted too).
 
@@ -40,17 +49,25 @@ from typing import Any
 from alignkit.data.preference import LoadReport, OnBadRecord, check_on_bad_record, read_records
 from alignkit.data.records import BadRecord, type_name
 from alignkit.errors import DataError
+from alignkit.evaluation.mc_benchmarks import (
+    TRUTHFULQA_CSV_MARKERS,
+    bigbench_records,
+    task_label,
+    truthfulqa_csv_record,
+)
 from alignkit.models.base import Prompt
 
 SHAPES = {
     "hhh": '{"input", "target_scores": {choice: score}} (BIG-bench / HHH-alignment)',
     "truthfulqa": '{"question", "mc1_targets", "mc2_targets"} (TruthfulQA MC)',
+    "truthfulqa_csv": "TruthfulQA.csv columns Question, Best Answer, Correct Answers, ...",
     "plain": '{"prompt", "choices": [...], "answer": index}',
 }
 _JSON_CELLS = ("choices", "target_scores", "mc1_targets", "mc2_targets", "answer")
 # a key that marks a shape, strongest first
 _MARKERS = (
     ("target_scores", "hhh"),
+    *((column, "truthfulqa_csv") for column in TRUTHFULQA_CSV_MARKERS),
     ("mc1_targets", "truthfulqa"),
     ("mc2_targets", "truthfulqa"),
     ("choices", "plain"),
@@ -168,8 +185,11 @@ def _single_best(scores: list[float], source: str, name: str) -> int:
 
 
 def _parse_hhh(record: Mapping, source: str) -> dict[str, Any]:
-    choices, scores = _targets(_require(record, "target_scores", source), source, "target_scores")
-    answer = _single_best(scores, source, "target_scores")
+    key = "target_scores"
+    if record.get(key) is None and isinstance(record.get("targets"), Mapping):
+        key = "targets"  # HuggingFaceH4/hhh_alignment: {"choices", "labels"}
+    choices, scores = _targets(_require(record, key, source), source, key)
+    answer = _single_best(scores, source, key)
     return {"prompt": _prompt(record, "input", source), "choices": choices, "answer": answer}
 
 
@@ -204,7 +224,17 @@ def _parse_plain(record: Mapping, source: str) -> dict[str, Any]:
     return {"prompt": prompt, "choices": choices, "answer": answer}
 
 
-_PARSERS = {"hhh": _parse_hhh, "truthfulqa": _parse_truthfulqa, "plain": _parse_plain}
+def _parse_truthfulqa_csv(record: Mapping, source: str) -> dict[str, Any]:
+    converted = truthfulqa_csv_record(record, source)
+    return {**_parse_truthfulqa(converted, source), "category": converted["category"]}
+
+
+_PARSERS = {
+    "hhh": _parse_hhh,
+    "truthfulqa": _parse_truthfulqa,
+    "truthfulqa_csv": _parse_truthfulqa_csv,
+    "plain": _parse_plain,
+}
 
 
 def _require(record: Mapping, key: str, source: str) -> Any:
@@ -237,7 +267,7 @@ def parse_question(record: Any, source: str, shape: str | None, index: int) -> M
         problem = f"a {found} record in a {shape} file; expected {expected}"
         raise BadRecord(source, None, problem, "mixed_shapes")
     parsed = _PARSERS[found](record, source)
-    category = record.get("category")
+    category = parsed.pop("category", record.get("category"))
     if category is not None and not isinstance(category, str):
         problem = f"expected a string, got {type_name(category)}"
         raise BadRecord(source, "category", problem, "wrong_type")
@@ -250,10 +280,11 @@ def parse_question(record: Any, source: str, shape: str | None, index: int) -> M
 
 
 def _csv_record(record: Any) -> Any:
-    """Decode the cells of a CSV row that hold JSON (choice lists, targets, the answer)."""
+    """Decode the cells of a CSV row that hold JSON (choice lists, targets, the answer); a
+    UTF-8 byte-order mark is dropped from the first column's name."""
     if not isinstance(record, dict):
         return record
-    record = dict(record)
+    record = {str(k).lstrip("\ufeff"): v for k, v in record.items()}
     for key in _JSON_CELLS:
         value = record.get(key)
         if isinstance(value, str) and (value.strip()[:1] in ("[", "{") or key == "answer"):
@@ -263,18 +294,12 @@ def _csv_record(record: Any) -> Any:
 
 
 def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """``(source, record)`` pairs; a BIG-bench ``task.json`` yields its ``examples``."""
-    file = Path(path).expanduser()
-    suffix = file.suffix.lower()
-    if suffix == ".json" and file.is_file():
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            data = None  # read_records reports what is wrong
-        if isinstance(data, dict) and isinstance(data.get("examples"), list):
-            for i, record in enumerate(data["examples"]):
-                yield f"{path}:examples[{i}]", record
-            return
+    """``(source, record)`` pairs; a BIG-bench task yields its (subtasks') formatted examples."""
+    bigbench = bigbench_records(path)
+    if bigbench is not None:
+        yield from bigbench
+        return
+    suffix = Path(path).suffix.lower()
     for source, record in read_records(path):
         yield source, _csv_record(record) if suffix == ".csv" else record
 
@@ -305,3 +330,43 @@ def load_multiple_choice(
     if not questions:
         raise DataError(f"no usable multiple-choice questions in {report.summary()}")
     return questions, report
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """:func:`task_label` of each path; the path itself where two labels would be the same."""
+    labels = [task_label(p) for p in paths]
+    return [
+        str(p) if labels.count(label) > 1 else label for p, label in zip(paths, labels, strict=True)
+    ]
+
+
+def load_multiple_choice_files(
+    paths: str | Path | list[str | Path], on_bad_record: OnBadRecord = "error"
+) -> tuple[list[MCQuestion], LoadReport]:
+    """:func:`load_multiple_choice` of each file, questions in file order, one merged report.
+
+    With one file its questions are returned as they are. With several, each question's
+    category becomes ``LABEL/CATEGORY`` (``LABEL`` when it has none) and its id ``LABEL/ID``,
+    LABEL naming its file (:func:`task_label`: the file's stem, or a BIG-bench task's
+    directory name; the full path where two files share a label).
+    """
+    files = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not files:
+        raise DataError("no multiple-choice files given")
+    if len(files) == 1:
+        return load_multiple_choice(files[0], on_bad_record)
+    merged = LoadReport(source=", ".join(map(str, files)))
+    questions: list[MCQuestion] = []
+    for file, label in zip(files, _labels(files), strict=True):
+        loaded, report = load_multiple_choice(file, on_bad_record)
+        for q in loaded:
+            q.category = f"{label}/{q.category}" if q.category else label
+            q.id = f"{label}/{q.id}"
+        questions += loaded
+        merged.read += report.read
+        merged.loaded += report.loaded
+        merged.formats.update(report.formats)
+        merged.skipped.update(report.skipped)
+        for reason, where in report.where.items():
+            merged.where.setdefault(reason, []).extend(where)
+    return questions, merged

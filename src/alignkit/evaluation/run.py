@@ -3,8 +3,9 @@
 One config drives every evaluation that its settings ask for, on shared, cached backends:
 the alignment scores (always), the preference evaluation (win rate when a baseline and judge
 are given; implicit-reward accuracy and KL when a reference is), the Pareto analysis (when
-``compare_models`` are given), multiple choice (``mc_file``), then the report. Inputs are
-checked before any model loads, so a bad file fails in a second, not after an hour.
+``compare_models`` are given), multiple choice (``mc_file``), then the report. ``only``
+narrows this to the named parts (``only=["mc"]``: multiple choice alone, no generation).
+Inputs are checked before any model loads, so a bad file fails in a second, not after an hour.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class EvalRun:
     """Everything one ``alignkit eval`` measured, and where it was written."""
 
     output_dir: Path
-    alignment: AlignmentResult
+    alignment: AlignmentResult | None  # None when `only` leaves the alignment part out
     preference: Any = None  # PreferenceResult
     multi_objective: Any = None  # MultiObjectiveResult
     multiple_choice: Any = None  # MCResult
@@ -71,13 +72,16 @@ def _preference_pairs(config: EvalConfig) -> list | None:
 
 def _check_inputs(config: EvalConfig):
     """Load every input file now (clear errors before any model is loaded)."""
-    items = load_suite(config.suite, n=config.n, seed=config.seed)
-    pairs = _preference_pairs(config)
+    items = None
+    if config.runs("alignment") or config.runs("preference"):
+        items = load_suite(config.suite, n=config.n, seed=config.seed)
+        items = items if config.runs("alignment") else None
+    pairs = _preference_pairs(config) if config.runs("preference") else None
     mc = None
-    if config.mc_file is not None:
-        from alignkit.evaluation.multiple_choice import load_multiple_choice
+    if config.runs("mc"):
+        from alignkit.evaluation.multiple_choice import load_multiple_choice_files
 
-        mc = load_multiple_choice(config.mc_file)
+        mc = load_multiple_choice_files(config.mc_file)
     check_writable_dir(Path(config.output_dir), "output_dir")
     return items, pairs, mc
 
@@ -89,20 +93,14 @@ def run_evaluation(config: EvalConfig) -> EvalRun:
     pool = BackendPool(config)
     try:
         model = pool.get(config.model)
-        options: dict[str, Any] = {"rubric": config.judge_rubric}
-        if config.judge_model:
-            options["judge"] = pool.get(config.judge_model)
-        if config.reward_model:
-            options.update(reward_model=config.reward_model, dimension=config.reward_dimension)
-        common = dict(
-            suite=items, scorers=config.scorers, seed=config.seed, cache=pool.cache or False
-        )
-        evaluator = AlignmentEvaluator(
-            model, generation=config.generation, suite_name=config.suite, **common, **options
-        )
-        run = EvalRun(out, evaluator.run(out))
-        run.preference = _preference(config, pool, pairs)
-        if config.compare_models:
+        run = EvalRun(out, None)
+        evaluator = None
+        if items is not None:
+            evaluator = _alignment_evaluator(config, pool, items)
+            run.alignment = evaluator.run(out)
+        if config.runs("preference"):
+            run.preference = _preference(config, pool, pairs)
+        if evaluator is not None and config.runs("pareto"):
             run.multi_objective = _multi_objective(config, pool, evaluator, run.alignment)
         if mc is not None:
             from alignkit.evaluation.multiple_choice import evaluate_multiple_choice
@@ -117,6 +115,25 @@ def run_evaluation(config: EvalConfig) -> EvalRun:
 
         run.report = generate_alignment_report(out)
     return run
+
+
+def _alignment_evaluator(config: EvalConfig, pool: BackendPool, items) -> AlignmentEvaluator:
+    """The alignment evaluator of ``config.model`` on ``items`` with the configured scorers."""
+    options: dict[str, Any] = {"rubric": config.judge_rubric}
+    if config.judge_model:
+        options["judge"] = pool.get(config.judge_model)
+    if config.reward_model:
+        options.update(reward_model=config.reward_model, dimension=config.reward_dimension)
+    return AlignmentEvaluator(
+        pool.get(config.model),
+        generation=config.generation,
+        suite_name=config.suite,
+        suite=items,
+        scorers=config.scorers,
+        seed=config.seed,
+        cache=pool.cache or False,
+        **options,
+    )
 
 
 def _preference(config: EvalConfig, pool: BackendPool, pairs):
