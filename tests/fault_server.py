@@ -38,6 +38,7 @@ class FaultyTestbed:
 
     def reset(self, fail: float = 0.0, seed: int = 0) -> None:
         self.fail, self.seed = fail, seed
+        self.transform = None  # messages -> messages: a deployment change (the monitor tests)
         self.ok = self.failed = 0
         self.seen: dict[str, int] = {}
 
@@ -55,8 +56,9 @@ class FaultyTestbed:
             top_p=body.get("top_p", 1.0),
             seed=body.get("seed", 0),
         )
+        messages = body["messages"] if self.transform is None else self.transform(body["messages"])
         with self.model_lock:
-            [c] = self.backend.generate([body["messages"]], config)
+            [c] = self.backend.generate([messages], config)
         message = {"role": "assistant", "content": c.text}
         choice = {"index": 0, "message": message, "finish_reason": c.finish_reason}
         usage = {"prompt_tokens": 1, "completion_tokens": c.num_tokens, "total_tokens": 1}

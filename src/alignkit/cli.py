@@ -21,6 +21,7 @@ from alignkit.commands import (
     dpo,
     eval,
     generate,
+    monitor,
     redteam,
     report,
     review,
@@ -30,7 +31,19 @@ from alignkit.commands import (
 from alignkit.commands._console import print_error
 from alignkit.errors import AlignkitError
 
-COMMAND_MODULES = (generate, testbed, dpo, redteam, cai, safety, eval, report, demo, review)
+COMMAND_MODULES = (
+    generate,
+    testbed,
+    dpo,
+    redteam,
+    cai,
+    safety,
+    eval,
+    report,
+    demo,
+    review,
+    monitor,
+)
 
 
 class _AlignkitGroup(TyperGroup):
