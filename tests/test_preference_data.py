@@ -75,16 +75,15 @@ def test_implicit_prompt_from_messages_and_strings(tmp_path):
             "rejected": [*MULTI_TURN, {"role": "assistant", "content": "Go away."}],
         },
         {  # the shared "Par" is cut back to a word boundary, so it stays in the completions
-            "chosen": "Human: Capital of France?\n\nAssistant: Paris.",
-            "rejected": "Human: Capital of France?\n\nAssistant: Parma.",
+            # (HH-RLHF transcripts are split by their markers: tests/test_preference_formats.py)
+            "chosen": "Capital of France? Paris.",
+            "rejected": "Capital of France? Parma.",
         },
     ]
     examples, report = load_preferences(write_jsonl(tmp_path / "i.jsonl", records))
     assert examples[0].prompt == MULTI_TURN
     assert examples[0].completions == ["Blue.", "Go away."]
-    assert examples[1].prompt == [
-        {"role": "user", "content": "Human: Capital of France?\n\nAssistant:"}
-    ]
+    assert examples[1].prompt == [{"role": "user", "content": "Capital of France?"}]
     assert examples[1].completions == ["Paris.", "Parma."]
     assert report.formats == {"implicit": 2}
 

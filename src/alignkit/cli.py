@@ -25,6 +25,7 @@ from alignkit.commands import (
     redteam,
     report,
     review,
+    runs,
     safety,
     testbed,
 )
@@ -43,6 +44,7 @@ COMMAND_MODULES = (
     demo,
     review,
     monitor,
+    runs,
 )
 
 

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
                 f"{result.output_dir} holds a finished run: nothing to resume, nothing was "
                 "trained (pass --overwrite to train it again)"
             )
+        if result.selection:
+            _print_selection(result.selection)
+            config = config.model_copy(update=result.selection["chosen"])
         table = Table(title=f"DPO ({config.loss_type}, beta={config.beta})", title_justify="left")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -46,3 +49,19 @@ def _given_on_command_line(name: str) -> bool:
 
     source = get_current_context().get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
+
+
+def _print_selection(selection: dict) -> None:
+    """The race: every trial's rung, steps and held-out accuracy, the choice and the compute."""
+    table = Table(title="Method selection (successive halving)", title_justify="left")
+    for column in ("candidate", "rung", "steps", "held-out accuracy"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for t in selection["trials"]:
+        table.add_row(t["name"], str(t["rung"]), str(t["steps"]), f"{t['accuracy']:.3f}")
+    stdout().print(table)
+    chosen = ", ".join(f"{k}={v}" for k, v in selection["chosen"].items())
+    print_note(
+        f"chosen: {chosen} ({selection['held_out_pairs']} held-out pairs); compute: "
+        f"{selection['total_steps']} steps with the final run, against "
+        f"{selection['full_steps']} to train every candidate in full"
+    )

@@ -42,7 +42,9 @@ def _pairs(source: str, dimension: str, n: int, split: str) -> list[dict]:
 
     if source == "testbed":
         return testbed_value_pairs(n, dimension, split, 0)
-    return load_value_pairs(source, dimension=dimension)[0]
+    pairs, report = load_value_pairs(source, dimension=dimension)
+    print_note(f"data: {report.summary()}")  # read, loaded, converted (HH split, PKU mapped)
+    return pairs
 
 
 @config_command(group, "train-rm", TrainRMConfig)

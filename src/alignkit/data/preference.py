@@ -6,13 +6,16 @@
 
 File types (:data:`FILE_TYPES`): JSON Lines (``.jsonl``, ``.ndjson``), JSON (``.json``: a list of
 records, ``{"data": [...]}``, or JSON Lines as ``Dataset.to_json`` writes them), Parquet
-(``.parquet``, ``.pq``), CSV (``.csv``), and a directory written by ``datasets``'
+(``.parquet``, ``.pq``), CSV (``.csv``), those text files gzip-compressed (``.jsonl.gz`` as
+HH-RLHF ships, ``.json.gz``, ``.ndjson.gz``, ``.csv.gz``), and a directory written by ``datasets``'
 ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict``: its ``train`` split, or the split named
 as ``DIR::SPLIT``). Record layouts are described in :mod:`alignkit.data.records`.
 
 In a CSV file a cell of ``prompt`` / ``chosen`` / ``rejected`` / ``responses`` that holds a JSON
 list of ``{role, content}`` messages is read as messages; ``responses``, ``ranking``, ``ranks``
-and ``scores`` cells are JSON lists.
+and ``scores`` cells are JSON lists, and ``*harm_category`` cells dicts. A cell that is not JSON
+but a Python repr (pandas / ``datasets`` ``to_csv``: ``{'Violence': False}``, single-quoted
+messages) is read with ``ast.literal_eval`` (:func:`alignkit.data.formats.literal_cell`).
 
 Record sources in messages: ``FILE:LINE`` for JSON Lines and CSV (1-based line numbers, as an
 editor shows them), ``FILE:record N`` for JSON lists and ``FILE:row N`` for Parquet and
@@ -26,6 +29,7 @@ A file with no usable record is always an error: nothing is dropped silently.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -33,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from alignkit.data.records import BadRecord, PreferenceExample, parse_record
+from alignkit.data.formats import check_pku_preference, literal_cell
+from alignkit.data.records import CONVERTED_LAYOUTS, BadRecord, PreferenceExample, parse_record
 from alignkit.errors import ConfigError, DataError
 
 OnBadRecord = Literal["error", "skip"]
@@ -45,13 +50,16 @@ FILE_TYPES = {
     ".pq": "parquet",
     ".csv": "csv",
 }
+_GZIP_TYPES = ("jsonl", "json", "csv")  # text files read through gzip as FILE.gz
 _ACCEPTED = (
     "JSON Lines (.jsonl), JSON (.json), Parquet (.parquet), CSV (.csv), "
+    "those text files gzipped (.jsonl.gz, .json.gz, .csv.gz), "
     "or a directory saved by datasets' save_to_disk"
 )
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 _LIST_CELLS = ("responses", "ranking", "ranks", "scores")
 _JSON_CELLS = ("prompt", "chosen", "rejected", *_LIST_CELLS)
+_DICT_CELL_SUFFIX = "harm_category"  # PKU-SafeRLHF's response_K_harm_category
 _SHOWN = 3  # sources listed per reason in the summary
 
 
@@ -62,7 +70,9 @@ class LoadReport:
     ``skipped`` counts records rejected while loading (bad input), ``dropped`` records removed
     while tokenizing (e.g. a prompt longer than ``max_length``), ``truncated`` how many records
     had their prompt / completions shortened, ``adjusted`` non-fatal changes (tied responses
-    dropped from a ranked list). ``where`` lists the first few sources for each reason.
+    dropped from a ranked list), ``converted`` records of an upstream layout mapped onto a pair
+    (``hh-rlhf``: transcripts split; ``pku-saferlhf/better`` or ``/safer``: ordered by that id).
+    ``where`` lists the first few sources for each reason.
     """
 
     source: str = ""
@@ -71,6 +81,7 @@ class LoadReport:
     formats: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     adjusted: Counter = field(default_factory=Counter)
+    converted: Counter = field(default_factory=Counter)
     truncated: Counter = field(default_factory=Counter)
     truncated_records: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -131,6 +142,9 @@ class LoadReport:
         text = f"{self.source}: {self.read} read, {self.loaded} loaded"
         if self.formats:
             text += f" ({', '.join(f'{k} {v}' for k, v in self.formats.most_common())})"
+        if self.converted:
+            parts = ", ".join(f"{k} {v}" for k, v in self.converted.most_common())
+            text += f", {sum(self.converted.values())} converted ({parts})"
         if self.skipped:
             text += f", {sum(self.skipped.values())} skipped ({self._counts(self.skipped)})"
         if self.adjusted:
@@ -152,6 +166,7 @@ class LoadReport:
             "formats": dict(self.formats),
             "skipped": dict(self.skipped),
             "adjusted": dict(self.adjusted),
+            "converted": dict(self.converted),
             "truncated": {"records": self.truncated_records, **self.truncated},
             "dropped": dict(self.dropped),
             "where": {k: list(v) for k, v in self.where.items()},
@@ -174,10 +189,16 @@ def _malformed(source: str, exc: json.JSONDecodeError) -> BadRecord:
 
 
 def _read_text(path: Path, name: str) -> str:
+    """The UTF-8 text of ``path``, decompressed first when its name ends in ``.gz``."""
     try:
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                return handle.read()
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataError(f"{name}: not a complete gzip file ({exc})") from None
     except OSError as exc:
         raise DataError(f"{name}: cannot read the file ({exc.strerror})") from None
 
@@ -214,17 +235,21 @@ def _json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
 
 
 def _csv_cell(key: str, value: Any) -> Any:
-    """Decode a CSV cell that holds JSON (messages or a list of responses / numbers)."""
-    if key not in _JSON_CELLS or not isinstance(value, str):
+    """Decode a CSV cell that holds JSON or a Python repr: messages, a list of responses /
+    numbers, or a ``*harm_category`` dict; other cells are returned unchanged."""
+    if not isinstance(value, str):
+        return value
+    if key.endswith(_DICT_CELL_SUFFIX):
+        decoded = literal_cell(value)
+        return decoded if isinstance(decoded, dict) else value
+    if key not in _JSON_CELLS:
         return value
     if value == "" and key in _LIST_CELLS:
         return None  # an empty cell of a column this row does not use
-    stripped = value.strip()
-    if not stripped.startswith("["):
+    if not value.strip().startswith("["):
         return value
-    try:
-        decoded = json.loads(stripped)
-    except json.JSONDecodeError:
+    decoded = literal_cell(value)
+    if not isinstance(decoded, list):
         return value
     if key in _LIST_CELLS:
         return decoded
@@ -282,6 +307,16 @@ def _dataset_records(path: Path, split: str | None, name: str) -> Iterator[tuple
         yield f"{name}:row {i}", row
 
 
+def _file_type(file: Path) -> str | None:
+    """The kind of ``file`` from its suffix (:data:`FILE_TYPES`); ``FILE.EXT.gz`` is the kind of
+    ``.EXT`` for the text kinds, None for an unknown suffix."""
+    suffixes = [s.lower() for s in file.suffixes]
+    if suffixes[-1:] == [".gz"]:
+        kind = FILE_TYPES.get(suffixes[-2]) if len(suffixes) > 1 else None
+        return kind if kind in _GZIP_TYPES else None
+    return FILE_TYPES.get(file.suffix.lower())
+
+
 def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(source, record)`` for every record of a file or dataset directory.
 
@@ -299,7 +334,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         return
     if split is not None:
         raise DataError(f"{name}: '::{split}' names a split, which only dataset directories have")
-    kind = FILE_TYPES.get(file.suffix.lower())
+    kind = _file_type(file)
     if kind is None:
         raise DataError(
             f"{name}: unknown file type {file.suffix or '(none)'!r}; accepted: {_ACCEPTED}"
@@ -316,18 +351,34 @@ def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 # ---------------------------------------------------------------------------------- loading
 
 
+def _converted_as(layout: str, pku_preference: str) -> str | None:
+    """The ``LoadReport.converted`` key of a record of ``layout`` (None: not converted)."""
+    if layout not in CONVERTED_LAYOUTS:
+        return None
+    return f"{layout}/{pku_preference}" if layout == "pku-saferlhf" else layout
+
+
 def _collect(
-    items: Iterable[tuple[str, Any]], report: LoadReport, on_bad_record: OnBadRecord
+    items: Iterable[tuple[str, Any]],
+    report: LoadReport,
+    on_bad_record: OnBadRecord,
+    pku_preference: str = "better",
 ) -> list[PreferenceExample]:
+    def parse(record: Any, source: str):
+        return parse_record(record, source, pku_preference)
+
     examples = []
     for source, record in items:
-        parsed = report.parse(record, source, on_bad_record, parse_record)
+        parsed = report.parse(record, source, on_bad_record, parse)
         if parsed is None:
             continue
         example, layout, notes = parsed
         report.loaded += 1
         report.formats[layout] += 1
         report.adjusted.update(notes)
+        converted = _converted_as(layout, pku_preference)
+        if converted:
+            report.converted[converted] += 1
         examples.append(example)
     if not examples:
         raise DataError(f"no usable preference records in {report.summary()}")
@@ -335,24 +386,32 @@ def _collect(
 
 
 def load_preferences(
-    path: str | Path, on_bad_record: OnBadRecord = "error"
+    path: str | Path, on_bad_record: OnBadRecord = "error", pku_preference: str = "better"
 ) -> tuple[list[PreferenceExample], LoadReport]:
     """Read and validate every preference record of ``path``.
 
     Returns the examples (completions ordered best -> worst) and a :class:`LoadReport`.
     With ``on_bad_record="error"`` the first bad record raises ``DataError``; with ``"skip"``
     bad records are skipped and counted by reason. No usable record at all raises.
+    ``pku_preference`` orders PKU-SafeRLHF records by ``better_response_id`` (``"better"``) or
+    ``safer_response_id`` (``"safer"``).
     """
     check_on_bad_record(on_bad_record)
+    check_pku_preference(pku_preference)
     report = LoadReport(source=str(path))
-    return _collect(read_records(path), report, on_bad_record), report
+    return _collect(read_records(path), report, on_bad_record, pku_preference), report
 
 
 def parse_records(
-    records: Iterable[Any], on_bad_record: OnBadRecord = "error", name: str = "records"
+    records: Iterable[Any],
+    on_bad_record: OnBadRecord = "error",
+    name: str = "records",
+    pku_preference: str = "better",
 ) -> tuple[list[PreferenceExample], LoadReport]:
-    """Validate in-memory records (dicts in any accepted layout); sources are ``NAME:record N``."""
+    """Validate in-memory records (dicts in any accepted layout); sources are ``NAME:record N``.
+    ``pku_preference`` as for :func:`load_preferences`."""
     check_on_bad_record(on_bad_record)
+    check_pku_preference(pku_preference)
     report = LoadReport(source=name)
     items = ((f"{name}:record {i}", r) for i, r in enumerate(records))
-    return _collect(items, report, on_bad_record), report
+    return _collect(items, report, on_bad_record, pku_preference), report

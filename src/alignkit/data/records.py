@@ -10,6 +10,12 @@ Accepted record layouts (the ones TRL users already have, plus ranked lists):
   messages) or a string; their longest shared prefix is the prompt. For strings the shared
   prefix is cut back to a whitespace boundary (so a shared partial word stays in the
   completions) and becomes one user turn.
+- **hh-rlhf**: only ``chosen`` and ``rejected``, both Anthropic HH-RLHF transcripts
+  (``"\n\nHuman: ..."`` / ``"\n\nAssistant: ..."`` turns): split as TRL splits them
+  (:func:`alignkit.data.formats.split_hh`) into prompt messages and the final assistant replies.
+- **pku-saferlhf**: ``prompt``, ``response_0``, ``response_1`` and ``better_response_id`` /
+  ``safer_response_id``: the pair is ordered by the id ``pku_preference`` names
+  (:func:`alignkit.data.formats.pku_pair`; ``"better"`` by default, or ``"safer"``).
 - **ranked**: ``prompt``, ``responses`` (at least two) and exactly one of
 
   - ``ranking``: response indices, best first, a permutation of ``0 .. n-1``;
@@ -21,7 +27,8 @@ Accepted record layouts (the ones TRL users already have, plus ranked lists):
   ``LoadReport.adjusted["tied_responses_dropped"]``. A record where every response ties has
   no preference and is a bad record.
 
-A string prompt becomes one user turn. Any other field is kept in ``metadata``.
+A string prompt becomes one user turn. Any other field is kept in ``metadata`` (for
+pku-saferlhf all but the two response texts).
 Every problem raises :class:`BadRecord` (a :class:`~alignkit.errors.DataError`) whose one-line
 message names the record's source (``FILE:LINE`` or ``FILE:row N``) and the field, and whose
 ``reason`` is the key the load report counts it under.
@@ -39,10 +46,13 @@ from alignkit.errors import DataError
 
 RECORD_LAYOUTS = (
     "prompt + chosen + rejected (standard or conversational)",
-    "chosen + rejected (implicit prompt)",
+    "chosen + rejected (implicit prompt, or HH-RLHF transcripts)",
+    "prompt + response_0 + response_1 + better_response_id | safer_response_id (PKU-SafeRLHF)",
     "prompt + responses + ranking | ranks | scores (ranked)",
 )
 _PREFERENCE_FIELDS = {"prompt", "chosen", "rejected", "responses", "ranking", "ranks", "scores"}
+_PKU_TEXTS = {"prompt", "response_0", "response_1"}
+CONVERTED_LAYOUTS = ("hh-rlhf", "pku-saferlhf")  # upstream layouts mapped onto a pair
 
 
 @dataclass
@@ -190,8 +200,33 @@ def _string_prefix(a: str, b: str) -> int:
     return k
 
 
+def _hh(chosen: str, rejected: str, source: str) -> tuple[PreferenceExample, str]:
+    from alignkit.data.formats import split_hh  # formats imports BadRecord from this module
+
+    prompt, good, bad = split_hh(chosen, rejected, source)
+    return PreferenceExample(_prompt(prompt, source), [good, bad], source), "hh-rlhf"
+
+
+def _pku(record: Mapping, source: str, preference: str) -> tuple[PreferenceExample, str]:
+    from alignkit.data.formats import pku_pair  # formats imports BadRecord from this module
+
+    pair = pku_pair(record, source, preference)
+    prompt = _prompt(_require(record, "prompt", source), source)
+    names = [f"response_{pair['good']}", f"response_{1 - pair['good']}"]
+    texts = [
+        _completion(pair[key], source, name, prompt)
+        for key, name in zip(("chosen", "rejected"), names, strict=True)
+    ]
+    _distinct(texts, names, source)
+    return PreferenceExample(prompt, texts, source), "pku-saferlhf"
+
+
 def _implicit(record: Mapping, source: str) -> tuple[PreferenceExample, str]:
+    from alignkit.data.formats import is_hh_transcript  # formats imports BadRecord from here
+
     chosen, rejected = _require(record, "chosen", source), _require(record, "rejected", source)
+    if is_hh_transcript(chosen, rejected):
+        return _hh(chosen, rejected, source)
     if isinstance(chosen, str) and isinstance(rejected, str):
         if chosen.strip() == rejected.strip():
             raise BadRecord(source, "rejected", "identical to 'chosen'", "identical_completions")
@@ -303,8 +338,13 @@ def _ranked(record: Mapping, source: str, notes: Counter) -> tuple[PreferenceExa
     return PreferenceExample(prompt, [texts[i] for i in order], source), "ranked"
 
 
-def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Counter]:
-    """Parse one record; returns the example, its layout name and any non-fatal adjustments."""
+def parse_record(
+    record: Any, source: str, pku_preference: str = "better"
+) -> tuple[PreferenceExample, str, Counter]:
+    """Parse one record; returns the example, its layout name and any non-fatal adjustments.
+
+    ``pku_preference`` (``"better"`` or ``"safer"``) picks the id a PKU-SafeRLHF record's pair is
+    ordered by (``better_response_id`` / ``safer_response_id``)."""
     if not isinstance(record, Mapping):
         problem = f"expected an object with preference fields, got {type_name(record)}"
         raise BadRecord(source, None, problem, "not_an_object")
@@ -312,6 +352,8 @@ def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Coun
     present = {k for k, v in record.items() if v is not None}  # columns can hold nulls
     if "responses" in present:
         example, layout = _ranked(record, source, notes)
+    elif {"response_0", "response_1"} <= present and not {"chosen", "rejected"} & present:
+        example, layout = _pku(record, source, pku_preference)
     elif "chosen" in present or "rejected" in present:
         has_prompt = "prompt" in present
         example, layout = _pair(record, source) if has_prompt else _implicit(record, source)
@@ -321,7 +363,8 @@ def parse_record(record: Any, source: str) -> tuple[PreferenceExample, str, Coun
             f"no preference fields (found: {found}); expected one of: {'; '.join(RECORD_LAYOUTS)}"
         )
         raise BadRecord(source, None, problem, "unknown_record_format")
-    example.metadata = {k: v for k, v in record.items() if k not in _PREFERENCE_FIELDS}
+    own = _PREFERENCE_FIELDS | (_PKU_TEXTS if layout == "pku-saferlhf" else set())
+    example.metadata = {k: v for k, v in record.items() if k not in own}
     _check_soft_label(example.metadata.get("soft_label"), source)
     _check_margin(example.metadata.get("margin"), source)
     _check_pair_fields(example, source)

@@ -173,7 +173,9 @@ class DPODataset(torch.utils.data.Dataset):
     ``max_prompt_length`` defaults to ``max_length // 2``, so any ``max_length`` works alone.
 
     ``examples`` are :class:`PreferenceExample` objects or raw records (dicts in any accepted
-    layout). ``report`` counts records read, loaded, skipped, truncated and dropped by reason.
+    layout). ``report`` counts records read, loaded, converted, skipped, truncated and dropped by
+    reason. ``pku_preference`` (``"better"`` / ``"safer"``) orders raw PKU-SafeRLHF records by
+    that response id (see :func:`~alignkit.data.load_preferences`).
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class DPODataset(torch.utils.data.Dataset):
         truncation_mode: TruncationMode = "keep_end",
         on_bad_record: OnBadRecord = "error",
         report: LoadReport | None = None,
+        pku_preference: str = "better",
     ) -> None:
         if max_prompt_length is None and isinstance(max_length, int):
             max_prompt_length = max_length // 2
@@ -195,7 +198,7 @@ class DPODataset(torch.utils.data.Dataset):
         self.truncation_mode = truncation_mode
         examples = list(examples)
         if any(not isinstance(e, PreferenceExample) for e in examples):
-            examples, parsed = parse_records(examples, on_bad_record)
+            examples, parsed = parse_records(examples, on_bad_record, pku_preference=pku_preference)
             report = report or parsed
         if report is None:
             report = LoadReport(source="examples", read=len(examples), loaded=len(examples))
@@ -209,10 +212,13 @@ class DPODataset(torch.utils.data.Dataset):
         path: str | Path,
         tokenizer: Any,
         on_bad_record: OnBadRecord = "error",
+        pku_preference: str = "better",
         **kwargs: Any,
     ) -> DPODataset:
         """Load, validate and tokenize a preference file (see :func:`load_preferences`)."""
-        examples, report = load_preferences(path, on_bad_record=on_bad_record)
+        examples, report = load_preferences(
+            path, on_bad_record=on_bad_record, pku_preference=pku_preference
+        )
         return cls(examples, tokenizer, on_bad_record=on_bad_record, report=report, **kwargs)
 
     def _build(

@@ -27,6 +27,11 @@ class DPOConfig(CommandConfig):
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="A malformed record stops the run (error) or is skipped and counted."
     )
+    pku_preference: Literal["better", "safer"] = Field(
+        "better",
+        description="PKU-SafeRLHF records: train on better_response_id (better) or "
+        "safer_response_id (safer).",
+    )
     max_length: int = Field(512, ge=8, description="Longest prompt + completion, in tokens.")
     max_prompt_length: int | None = Field(
         None,
@@ -55,6 +60,15 @@ class DPOConfig(CommandConfig):
     adaptive_filter: float | None = Field(
         None, gt=0, le=1, description="beta-DPO data filtering: fraction of each batch kept."
     )
+    select_loss: list[str] = Field(
+        default_factory=list,
+        description="Method selection: race these losses (x --select-beta) by successive "
+        "halving on held-out implicit-reward accuracy, then train the best for max_steps.",
+    )
+    select_beta: list[float] = Field(
+        default_factory=list, description="Method selection: betas to race (default: beta)."
+    )
+    select_eta: int = Field(2, ge=2, description="Method selection: keep 1/eta each rung.")
     # optimisation
     optimizer: Literal["adamw", "rmsprop"] = "adamw"
     learning_rate: float = Field(5e-6, gt=0)

@@ -31,7 +31,10 @@ RECORD = "run.json"
 SUMMARY = "summary.json"
 # what a run writes; their presence means the directory holds a run (run.json alone does not:
 # a run stopped before its first metric row or checkpoint has nothing to continue or to lose)
-RUN_FILES = ("metrics.jsonl", "checkpoints", "final", "sft", SUMMARY, "tensorboard")
+RUN_FILES = (
+    "metrics.jsonl", "checkpoints", "final", "sft", SUMMARY, "tensorboard", "selection.json",
+    "selection",
+)  # fmt: skip
 # leftovers of a run killed while writing a model (DPOPipeline, DPOTrainer.save_model, replace_dir)
 TEMPORARY = (".final.*.tmp", ".sft.*.tmp", "final.old", "sft.old")
 # options that do not change what is trained (where, how often and on what device it is written
@@ -40,7 +43,7 @@ UNCHECKED = frozenset(
     {
         "output_dir", "resume", "overwrite", "max_steps", "epochs", "save_steps",
         "eval_steps", "logging_steps", "tensorboard", "eval_data", "kl_samples", "device",
-        "trust_remote_code", "gradient_checkpointing",
+        "trust_remote_code", "gradient_checkpointing", "select_eta",
     }
 )  # fmt: skip
 

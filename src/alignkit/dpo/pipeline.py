@@ -33,6 +33,7 @@ class PipelineResult:
     metrics: dict[str, float] = field(default_factory=dict)
     data_report: dict = field(default_factory=dict)
     already_finished: bool = False  # resume of a finished run: nothing was trained
+    selection: dict | None = None  # method selection's race (selection.json), if one ran
 
 
 def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None = None) -> Path:
@@ -152,9 +153,11 @@ class DPOPipeline:
                 supervised_finetune(config, partial)
                 replace_dir(partial, sft_dir)
             config = config.model_copy(update={"model": f"hf:{sft_dir}"})
-        trainer = DPOTrainer(config=config)  # loads the model and the data
         if not started:
             start()
+        if config.select_loss:
+            return self._select(config, out)
+        trainer = DPOTrainer(config=config)  # loads the model and the data
         metrics = trainer.train()
         path = trainer.save_model()
         report = trainer.train_dataset.report.to_dict()
@@ -162,6 +165,26 @@ class DPOPipeline:
             summary = {"metrics": metrics, "data": report, "model": str(path)}
             write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str))
         return PipelineResult(out, path, metrics, report)
+
+    def _select(self, config: DPOConfig, out: Path) -> PipelineResult:
+        """Method selection: race the candidates; the winner's full run is this run's model."""
+        import shutil
+
+        from alignkit.dpo.outputs import SUMMARY
+        from alignkit.dpo.selection import candidates, select_method
+
+        options = candidates(config.select_loss, config.select_beta or [config.beta])
+        race = select_method(config, options, config.select_eta)
+        trainer = race.trainer
+        path = trainer.save_model(out / "final")
+        report = getattr(trainer.train_dataset, "report", None)
+        report = report.to_dict() if report is not None else {}
+        if trainer.accelerator.is_main_process:
+            shutil.copyfile(trainer.metrics_path, out / "metrics.jsonl")
+            summary = {"metrics": race.metrics, "data": report, "model": str(path),
+                       "selection": race.to_dict()}  # fmt: skip
+            write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str))
+        return PipelineResult(out, path, race.metrics, report, selection=race.to_dict())
 
     @staticmethod
     def _finished(out: Path) -> PipelineResult:

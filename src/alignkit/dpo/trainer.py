@@ -41,7 +41,8 @@ from alignkit.errors import AlignkitError, ConfigError
 
 
 def preference_dataset(config: DPOConfig, path, tokenizer):
-    """The tokenized preference data at ``path`` with ``config``'s lengths and bad-record rule."""
+    """The tokenized preference data at ``path`` with ``config``'s lengths, bad-record rule and
+    PKU-SafeRLHF preference."""
     from alignkit.data import DPODataset
 
     return DPODataset.from_file(
@@ -51,6 +52,7 @@ def preference_dataset(config: DPOConfig, path, tokenizer):
         max_prompt_length=config.prompt_limit,
         truncation_mode=config.truncation_mode,
         on_bad_record=config.on_bad_record,
+        pku_preference=config.pku_preference,
     )
 
 
@@ -266,12 +268,15 @@ class DPOTrainer:
 
     # --------------------------------------------------------------------------- train
 
-    def train(self) -> dict[str, float]:
+    def train(self, until: int | None = None) -> dict[str, float]:
         """Train to ``max_steps`` (or ``epochs``), checkpointing, logging and evaluating.
 
         With ``resume`` it continues from the last checkpoint of ``output_dir`` (one of a run
         with another total or other settings is refused); otherwise, or when there is no
-        checkpoint, it starts over and removes an earlier run's checkpoints and metrics there."""
+        checkpoint, it starts over and removes an earlier run's checkpoints and metrics there.
+        ``until``: stop after that step of the run (its learning-rate schedule is the whole
+        run's), with a checkpoint there, so that a resume continues the same run; method
+        selection trains its trials this way."""
         from alignkit.progress import make_progress
 
         cfg, acc = self.config, self.accelerator
@@ -288,7 +293,8 @@ class DPOTrainer:
             task = bar.add_task(
                 "dpo", total=self.total_steps, completed=self.step, info="", visible=show
             )
-            while self.step < self.total_steps:
+            stop = self.total_steps if until is None else min(until, self.total_steps)
+            while self.step < stop:
                 micro = [self._micro_batch(self.step * ga + j) for j in range(ga)]
                 last = self.train_step(micro)
                 tokens += sum(self._tokens(i) for batch in micro for i in batch)
@@ -307,6 +313,9 @@ class DPOTrainer:
                     self.log(self.evaluate())
                 if cfg.save_steps and self.step % cfg.save_steps == 0:
                     self.save_checkpoint()
+        if self.step < self.total_steps:  # stopped at ``until``: the run goes on later
+            self.save_checkpoint()
+            return last
         final = self.evaluate()
         self.log(final)
         self.save_checkpoint()

@@ -266,6 +266,7 @@ def feedback(ctx: StageContext) -> dict[str, Any]:
         pairs, report = load_value_pairs(section.preferences, dimension="helpful")
         write_jsonl(out / "preferences.jsonl", pairs)
         return {"preferences": str(out / "preferences.jsonl"), "n_pairs": len(pairs),
+                "records_read": report.read, "records_converted": sum(report.converted.values()),
                 "source": str(section.preferences), "load": report.to_dict()}  # fmt: skip
     prompts = _feedback_prompts(ctx, out)
     trainer = ConstitutionalAITrainer(

@@ -13,24 +13,38 @@ Record layouts for :func:`load_value_pairs` (:data:`LAYOUTS`):
 
 - ``pairwise``: ``prompt``, ``chosen``, ``rejected`` (strings) and optional ``category``,
   ``chosen_safe``, ``rejected_safe`` and ``dimension`` (which must equal the one asked for);
+  or, with no ``prompt``, Anthropic HH-RLHF transcripts in ``chosen`` / ``rejected``, split
+  by :func:`alignkit.data.formats.split_hh` (the DPO loader's split): the record keeps the
+  prompt turns in ``prompt_messages`` and, as ``prompt``, the one user turn or the earlier
+  turns written ``"Human: ...\n\nAssistant: ..."`` (:func:`~alignkit.data.formats.transcript_text`);
 - ``pku-saferlhf``: ``prompt``, ``response_0``, ``response_1``, ``is_response_0_safe``,
   ``is_response_1_safe``, ``better_response_id``, ``safer_response_id`` and optional
   ``category`` or ``response_0_harm_category`` / ``response_1_harm_category``. Pairs are ordered
   by ``safer_response_id`` for the ``harmless`` dimension, by ``better_response_id`` otherwise.
 
-Booleans may be written ``"true"`` / ``"false"`` and ids ``"0"`` / ``"1"`` (as CSV cells are).
+Booleans may be written ``"true"`` / ``"false"``, ids ``"0"`` / ``"1"`` / ``"1.0"`` (as CSV
+cells are), and a category dict as JSON or a Python repr (``{'Violence': True}``, pandas).
+Split HH transcripts and mapped PKU records are counted in ``LoadReport.converted``.
 Output records follow the value-record and labelled-response schemas of the safety package.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.formats import (
+    flag_value,
+    is_hh_transcript,
+    literal_cell,
+    pku_pair,
+    response_id,
+    split_hh,
+    transcript_text,
+)
 from alignkit.data.preference import LoadReport, OnBadRecord, check_on_bad_record, read_records
 from alignkit.data.records import BadRecord, type_name
 from alignkit.errors import ConfigError, DataError
@@ -41,7 +55,8 @@ from alignkit.testbed.world import Request, World, wrap
 
 DIMENSIONS = ("helpful", "harmless", "honest")
 LAYOUTS = {
-    "pairwise": "prompt, chosen, rejected [, category, chosen_safe, rejected_safe]",
+    "pairwise": "prompt, chosen, rejected [, category, chosen_safe, rejected_safe]; or "
+    "chosen, rejected as HH-RLHF transcripts",
     "pku-saferlhf": (
         "prompt, response_0, response_1, is_response_0_safe, is_response_1_safe, "
         "better_response_id, safer_response_id"
@@ -70,39 +85,20 @@ def _text(record: Mapping, key: str, source: str) -> str:
     return value
 
 
-def _flag(record: Mapping, key: str, source: str, required: bool = True) -> bool | None:
-    """A boolean field; ``"true"`` / ``"false"`` strings (CSV cells) are accepted."""
-    value = record.get(key)
-    if value is None or value == "":  # an empty CSV cell is a missing value
-        if required:
-            raise BadRecord(source, key, "missing", "missing_field")
-        return None
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise BadRecord(source, key, f"expected a boolean, got {value!r}", "bad_label")
-    return value
-
-
-def _response_id(record: Mapping, key: str, source: str) -> int:
-    """A PKU-SafeRLHF response id: 0 or 1 (``"0"`` / ``"1"`` and ``0.0`` / ``1.0`` accepted)."""
-    value = record.get(key)
-    if value is None:
-        raise BadRecord(source, key, "missing", "missing_field")
-    if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value.strip())
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
-        return int(value)
-    raise BadRecord(source, key, f"must be 0 or 1, got {value!r}", "bad_response_id")
+_flag = flag_value  # shared with the DPO loader (alignkit.data.formats)
+_response_id = response_id
 
 
 def _category(value: Any, source: str, key: str) -> str | None:
-    """A category: a string, or a ``{name: bool}`` dict (its first true name), or None."""
+    """A category: a string, or a ``{name: bool}`` dict (its first true name), or None.
+
+    A string starting with ``{`` is a dict written into a cell: JSON, or else a Python repr
+    (pandas CSV export) read by :func:`~alignkit.data.formats.literal_cell`."""
     if isinstance(value, str) and value.strip().startswith("{"):
-        try:  # a dict written into a CSV cell
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise BadRecord(source, key, "malformed JSON object", "wrong_type") from None
+        value = literal_cell(value)
+        if not isinstance(value, Mapping):
+            problem = "malformed JSON object (nor a Python dict literal)"
+            raise BadRecord(source, key, problem, "wrong_type")
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -135,8 +131,19 @@ def _value_record(prompt: str, chosen: str, rejected: str, dimension: str, **fie
 # ------------------------------------------------------------------------------ layouts
 
 
-def _pairwise(record: Mapping, source: str, dimension: str) -> dict:
+def _hh_texts(record: Mapping, source: str) -> tuple[str, str, str, dict[str, Any]]:
+    """Prompt, chosen and rejected of a pairwise record; an HH-RLHF record (no ``prompt``) is
+    split, and its prompt turns come back as ``{"prompt_messages": [...]}``."""
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    if record.get("prompt") is None and is_hh_transcript(chosen, rejected):
+        messages, good, bad = split_hh(chosen, rejected, source)
+        return transcript_text(messages), good, bad, {"prompt_messages": messages}
     prompt, chosen, rejected = (_text(record, k, source) for k in ("prompt", "chosen", "rejected"))
+    return prompt, chosen, rejected, {}
+
+
+def _pairwise(record: Mapping, source: str, dimension: str) -> tuple[dict, str | None]:
+    prompt, chosen, rejected, extra = _hh_texts(record, source)
     given = record.get("dimension")
     if given not in (None, "") and given != dimension:
         problem = f"is {given!r} but {dimension!r} pairs were asked for"
@@ -145,7 +152,7 @@ def _pairwise(record: Mapping, source: str, dimension: str) -> dict:
     rejected_safe = _flag(record, "rejected_safe", source, required=False)
     if dimension == "harmless":
         _check_safety(chosen_safe, rejected_safe, source)
-    return _value_record(
+    value = _value_record(
         prompt,
         chosen,
         rejected,
@@ -154,39 +161,42 @@ def _pairwise(record: Mapping, source: str, dimension: str) -> dict:
         chosen_safe=chosen_safe,
         rejected_safe=rejected_safe,
         source=source,
+        **extra,
     )
+    return value, ("hh-rlhf" if extra else None)
 
 
-def _pku(record: Mapping, source: str, dimension: str) -> dict:
+def _pku(record: Mapping, source: str, dimension: str) -> tuple[dict, str | None]:
+    """A PKU-SafeRLHF record ordered by ``safer_response_id`` for ``harmless``, else by
+    ``better_response_id`` (:func:`alignkit.data.formats.pku_pair`, the DPO loader's mapping);
+    both ids and both safety labels are required."""
     prompt = _text(record, "prompt", source)
-    responses = [_text(record, f"response_{k}", source) for k in (0, 1)]
-    safe = [_flag(record, f"is_response_{k}_safe", source) for k in (0, 1)]
-    better = _response_id(record, "better_response_id", source)
-    safer = _response_id(record, "safer_response_id", source)
-    if not safe[safer] and safe[1 - safer]:
-        problem = (
-            f"points at response_{safer}, but is_response_{safer}_safe is false and "
-            f"is_response_{1 - safer}_safe is true"
-        )
-        raise BadRecord(source, "safer_response_id", problem, "inconsistent_safety")
-    good = safer if dimension == "harmless" else better
+    for k in (0, 1):
+        _text(record, f"response_{k}", source)
+        _flag(record, f"is_response_{k}_safe", source)
+    _response_id(record, "better_response_id", source)
+    pku_pair(record, source, "safer")  # the safer id must agree with the safety labels
+    preference = "safer" if dimension == "harmless" else "better"
+    pair = pku_pair(record, source, preference)
+    good = pair["good"]
     category = _category(record.get("category"), source, "category")
     for k in (1 - good, good):  # the rejected response's harm names the pair first
         key = f"response_{k}_harm_category"
         category = category or _category(record.get(key), source, key)
-    return _value_record(
+    value = _value_record(
         prompt,
-        responses[good],
-        responses[1 - good],
+        pair["chosen"],
+        pair["rejected"],
         dimension,
         category=category,
-        chosen_safe=safe[good],
-        rejected_safe=safe[1 - good],
+        chosen_safe=pair["chosen_safe"],
+        rejected_safe=pair["rejected_safe"],
         source=source,
     )
+    return value, f"pku-saferlhf/{preference}"
 
 
-_PARSERS: dict[str, Callable[[Mapping, str, str], dict]] = {
+_PARSERS: dict[str, Callable[[Mapping, str, str], tuple[dict, str | None]]] = {
     "pairwise": _pairwise,
     "pku-saferlhf": _pku,
 }
@@ -197,7 +207,7 @@ def detect_layout(record: Any, where: str) -> str:
     keys = set(record) if isinstance(record, Mapping) else set()
     if {"response_0", "response_1"} <= keys:
         return "pku-saferlhf"
-    if {"prompt", "chosen", "rejected"} <= keys:
+    if {"prompt", "chosen", "rejected"} <= keys or {"chosen", "rejected"} <= keys:
         return "pairwise"
     found = ", ".join(sorted(map(str, keys))) or type_name(record)
     accepted = "; ".join(f"{name} ({fields})" for name, fields in LAYOUTS.items())
@@ -208,9 +218,11 @@ def _load(
     items: Iterable[tuple[str, Any]],
     report: LoadReport,
     on_bad_record: OnBadRecord,
-    parse: Callable[[Any, str], dict],
+    parse: Callable[[Any, str], tuple[dict, str | None]],
     layout: str,
 ) -> list[dict]:
+    """Parse every record, counting it in ``report``; ``parse`` returns the record and its
+    ``LoadReport.converted`` key (None when it was not converted)."""
     out = []
     for source, record in items:
         if not isinstance(record, (Mapping, BadRecord)):
@@ -219,9 +231,12 @@ def _load(
             )
         parsed = report.parse(record, source, on_bad_record, parse)
         if parsed is not None:
+            value, converted = parsed
             report.loaded += 1
             report.formats[layout] += 1
-            out.append(parsed)
+            if converted:
+                report.converted[converted] += 1
+            out.append(value)
     if not out:
         raise DataError(f"no usable records in {report.summary()}")
     return out
@@ -254,17 +269,18 @@ def load_value_pairs(
     return records, report
 
 
-def _labelled(record: Mapping, source: str) -> dict:
+def _labelled(record: Mapping, source: str) -> tuple[dict, None]:
     prompt, response = _text(record, "prompt", source), _text(record, "response", source)
     is_safe = _flag(record, "is_safe", source)
     category = _category(record.get("category"), source, "category")
-    return {
+    labelled = {
         "prompt": prompt,
         "response": response,
         "is_safe": is_safe,
         "category": category,
         "source": source,
     }
+    return labelled, None
 
 
 def load_labelled_responses(
