@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultyTestbed
+from test_generate_faults import _cache_rows, _figures
 from typer.testing import CliRunner
 
 from alignkit.cli import app
@@ -118,19 +118,6 @@ def test_generate_through_faults_and_kills_ends_with_the_fault_free_output(fail,
     assert len(reference.splitlines()) == n
     assert len({json.loads(row)["completion"] for row in reference.splitlines()}) > n // 2
     assert not out.with_name(out.name + ".part").exists()
-
-
-def _cache_rows(path: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2) as db:
-            return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
-def _figures(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "eval.json").read_text())
-    return {k: data[k] for k in ("metrics", "breakdown", "agreement", "skipped", "n_items")}
 
 
 @pytest.mark.parametrize("fail", [0.3, 0.7])

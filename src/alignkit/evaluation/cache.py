@@ -161,7 +161,7 @@ class CachedBackend:
         """Values for ``keys``: cached ones, then the rest from ``call(indices)`` chunk by chunk."""
         found = self.cache.get_many(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]
-        before = len(self.cache)
+        stored = 0  # calls this call put in the cache
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         # progress over the calls sent to the model, when there are several chunks of them
@@ -173,7 +173,7 @@ class CachedBackend:
                     results = call(chunk)
                 except IncompleteGeneration as exc:  # keep what finished; a rerun asks the rest
                     self.cache.put_many({keys[i]: encode(c) for i, c in exc.done.items()})
-                    kept = len(self.cache) - before
+                    kept = stored + len(exc.done)
                     exc.message += (
                         f" ({kept} of {len(todo)} new model calls are kept in the call cache "
                         f"{self.cache.path}; run the same command again to resume)"
@@ -181,6 +181,7 @@ class CachedBackend:
                     raise
                 fresh = {keys[i]: encode(r) for i, r in zip(chunk, results, strict=True)}
                 self.cache.put_many(fresh)
+                stored += len(fresh)
                 found.update(fresh)
                 advance(len(chunk))
         return [decode(found[k]) for k in keys]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,3 @@ class MonitorStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-def now() -> float:
-    return time.time()

@@ -48,6 +48,7 @@ from alignkit.data.preference import LoadReport, read_records
 from alignkit.data.records import BadRecord, type_name
 from alignkit.errors import ConfigError, DataError
 from alignkit.redteam.base import Behaviour
+from alignkit.redteam.templates import yaml_error
 from alignkit.testbed import content as C
 from alignkit.testbed.world import World
 
@@ -252,9 +253,7 @@ def _pyrit_seeds(path: Path) -> list[tuple[str, Any]]:
     try:
         data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise DataError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        raise yaml_error(path, exc) from None
     key = next((k for k in ("seeds", "prompts") if isinstance(data, dict) and k in data), None)
     if key is None or not isinstance(data[key], list):
         raise DataError(f"{path}: expected a PyRIT seed dataset with a 'seeds' (or 'prompts') list")

