@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tracker_logs import tensorboard_scalars
 from typer.testing import CliRunner
 
 from alignkit.cli import app
@@ -285,7 +286,7 @@ def test_cai_train_end_to_end_on_the_testbed_and_rerun_is_a_no_op(testbed_path, 
     out = tmp_path / "cai"
     args = ["cai", "train", *(f for p in TESTBED_IDS for f in ("--principles", p))]
     args += ["--n", "4", "--sl-epochs", "0.5", "--rl-epochs", "0.5", "--eval-n", "4"]
-    args += ["--device", "cpu", "--output-dir", str(out)]
+    args += ["--device", "cpu", "--output-dir", str(out), "--report-to", "tensorboard"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(_lines(out / "revisions.jsonl")) == 16
@@ -298,6 +299,12 @@ def test_cai_train_end_to_end_on_the_testbed_and_rerun_is_a_no_op(testbed_path, 
     assert summary["stats"]["prompts"] == 16 and "rl_metrics" in summary["stats"]
     assert {"harmless", "helpful", "honest"} <= set(summary["stats"]["evaluation"])
     assert "RL-CAI model:" in result.output
+    sft = tensorboard_scalars(out / "tensorboard" / "sft")
+    dpo = tensorboard_scalars(out / "rl" / "tensorboard" / "dpo")
+    assert len(sft["loss"]) >= 1 and sorted(dpo["loss"]) == list(range(1, len(dpo["loss"]) + 1))
+    figures = tensorboard_scalars(out / "tensorboard" / "cai")
+    harmless = summary["stats"]["evaluation"]["harmless"]
+    assert figures["evaluation/harmless/after"] == {0: pytest.approx(harmless["after"])}
 
     weights = [out / "sl" / "model.safetensors", out / "rl" / "final" / "model.safetensors"]
     stamps = [w.stat().st_mtime_ns for w in weights]

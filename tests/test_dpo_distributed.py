@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from servers import free_port
+from tracker_logs import tensorboard_scalars
 
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
@@ -79,9 +80,15 @@ def test_two_processes_match_one(tmp_path, testbed_path, extra):
         "4",
         "--output-dir",
         str(double),
+        "--report-to",
+        "tensorboard",
     ]
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _losses(single), _losses(double)
     assert len(one) == len(two) >= 3
     assert two == pytest.approx(one, abs=1e-4)
+    # the first process alone logs: one event file, with the losses both processes averaged
+    (events,) = (double / "tensorboard" / "dpo").glob("events.out.tfevents.*")
+    logged = tensorboard_scalars(events.parent)["loss"]
+    assert [logged[step] for step in sorted(logged)] == pytest.approx(two, rel=1e-6)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tracker_logs import mlflow_history, tensorboard_scalars
 from typer.testing import CliRunner
 
 from alignkit.cli import app
@@ -222,8 +223,11 @@ def test_the_loop_runs_on_any_hf_model_with_lora(tmp_path):
          "chosen_safe": True, "rejected_safe": False, "dimension": "harmless"}
         for i in range(16)
     ]  # fmt: skip
-    cost = ValueModelConfig(model=model, kind="cost", output_dir=tmp_path / "cost", device="cpu")
-    train_value_model(cost, cost_pairs, progress=False)
+    cost = ValueModelConfig(model=model, kind="cost", output_dir=tmp_path / "cost", device="cpu",
+                            report_to=["mlflow"])  # fmt: skip
+    trained = train_value_model(cost, cost_pairs, progress=False)
+    losses = {i + 1: h["loss"] for i, h in enumerate(trained.history)}
+    assert mlflow_history(tmp_path / "cost", "cost-model", "loss") == pytest.approx(losses)
     prefs = _write_jsonl(
         tmp_path / "prefs.jsonl",
         [{"prompt": f"q {i}", "chosen": "a helpful answer", "rejected": "no"} for i in range(24)],
@@ -238,6 +242,7 @@ def test_the_loop_runs_on_any_hf_model_with_lora(tmp_path):
         feedback={"preferences": prefs},
         train={"cost_model": tmp_path / "cost", "rounds": 1, "threshold": 0.99,
                "dpo_options": {"lora": True, "lora_r": 4, "max_steps": 2}},
+        report_to=["tensorboard"],
     )  # fmt: skip
     assert config.redteam.judge == "refusal" and config.evaluation.scorers == ["refusal"]
     result = AlignmentPipeline(config).run()
@@ -247,6 +252,19 @@ def test_the_loop_runs_on_any_hf_model_with_lora(tmp_path):
     assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()
     assert set(result.change) >= {"harmful_compliance", "helpful", "redteam_asr", "kl"}
     assert (tmp_path / "run" / "report" / "report.html").is_file()
+    # every stage's figures in one tracked run, at the stage's place in the loop
+    figures = tensorboard_scalars(tmp_path / "run" / "tensorboard" / "pipeline")
+    for stage, step in (("baseline", 0), ("evaluate", 5)):
+        helpful = result.outputs[stage]["headline"]["figures"]["helpful"]
+        assert figures[f"{stage}/headline/figures/helpful/value"] == {
+            step: pytest.approx(helpful["value"])
+        }
+        assert figures[f"{stage}/headline/figures/helpful/n"] == {step: helpful["n"]}
+    assert set(figures["seconds/train"]) == {4}
+    rounds = tensorboard_scalars(tmp_path / "run" / "train" / "round-1" / "tensorboard" / "dpo")
+    assert sorted(rounds["loss"]) == [1, 2]
+    safety = tensorboard_scalars(tmp_path / "run" / "train" / "tensorboard" / "safety")
+    assert set(safety["cost_model/harmful_rate"]) == {1}
 
 
 def test_pipeline_cli_runs_resumes_and_skips(testbed_path, tmp_path):

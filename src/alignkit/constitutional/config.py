@@ -11,6 +11,7 @@ from pydantic import Field
 
 from alignkit.config import CommandConfig, ModelString
 from alignkit.dpo.config import DPOConfig
+from alignkit.tracking import REPORT_TO_HELP, ReportTo
 
 
 class CAIConfig(CommandConfig):
@@ -57,6 +58,7 @@ class CAIConfig(CommandConfig):
     lora: bool = Field(False, description="Train LoRA adapters (SL-CAI's is merged on save).")
     lora_r: int = Field(16, ge=1)
     device: str = "auto"
+    report_to: ReportTo = Field(default_factory=list, description=REPORT_TO_HELP)
     # evaluation after training
     eval_suite: str | None = Field(
         None,
@@ -83,11 +85,13 @@ class CAIConfig(CommandConfig):
             lora_alpha=2 * self.lora_r,
             device=self.device,
             kl_samples=0,
+            report_to=self.report_to,
             **fields,
         )
 
     def sl_config(self, data: Path, out: Path) -> DPOConfig:
-        """SL-CAI: supervised fine-tuning of ``model`` on the final revisions in ``data``."""
+        """SL-CAI: supervised fine-tuning of ``model`` on the final revisions in ``data``
+        (``out``: where its tracker logs go)."""
         return self._training(
             model=self.model,
             data=data,

@@ -37,6 +37,7 @@ from alignkit.errors import AlignkitError, BackendError, ConfigError, DataError
 from alignkit.evaluation.rundir import write_jsonl, write_text
 from alignkit.evaluation.suites import EvalItem, load_suite
 from alignkit.models.base import GenerationConfig, ModelBackend
+from alignkit.tracking import Tracking
 
 IDENTITY_FIELDS = (
     "model", "prompts", "n", "principles", "seed", "rounds", "temperature", "max_new_tokens",
@@ -253,7 +254,7 @@ class ConstitutionalAITrainer:
             PreferenceExample([{"role": "user", "content": row["prompt"]}], [row["chosen"]], key)
             for key, row in sorted(ChunkStore(revisions).rows.items())
         ]
-        supervised_finetune(self.config.sl_config(revisions, partial), partial, examples)
+        supervised_finetune(self.config.sl_config(revisions, self.out), partial, examples)
         replace_dir(partial, out)
         return out
 
@@ -405,6 +406,9 @@ class ConstitutionalAITrainer:
         if evaluate:
             self.evaluate(rl)
         result = CAIRunResult(self.out, revisions, sl, preferences, rl, dict(self.stats))
+        settings = self.config.model_dump(mode="json", exclude={"report_to"})
+        with Tracking(self.config.report_to, self.out, "cai", settings) as tracking:
+            tracking.log(result.stats, step=0)  # the stages' counts and the evaluation
         summary = {k: str(v) for k, v in vars(result).items() if k != "stats"}
         (self.out / "summary.json").write_text(
             json.dumps(summary | {"stats": result.stats}, indent=2, default=str)

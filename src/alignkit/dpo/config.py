@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignkit.config import CommandConfig, ModelString
+from alignkit.tracking import REPORT_TO_HELP, ReportTo
 
 
 class DPOConfig(CommandConfig):
@@ -109,7 +110,8 @@ class DPOConfig(CommandConfig):
         description="Replace the run in output_dir: remove its checkpoints, metrics and models "
         "first (other files there are kept).",
     )
-    tensorboard: bool = Field(False, description="Also log metrics to TensorBoard.")
+    report_to: ReportTo = Field(default_factory=list, description=REPORT_TO_HELP)
+    tensorboard: bool = Field(False, description="Same as report_to: [tensorboard].")
     kl_samples: int = Field(32, ge=0, description="Prompts sampled to estimate KL(policy || ref).")
     sft_epochs: float = Field(0.0, ge=0, description="DPOPipeline: SFT epochs on chosen first.")
     trust_remote_code: bool = False
@@ -122,6 +124,12 @@ class DPOConfig(CommandConfig):
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length "
                 f"({self.max_length})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tensorboard(self) -> DPOConfig:
+        if self.tensorboard and "tensorboard" not in self.report_to:
+            self.report_to = [*self.report_to, "tensorboard"]
         return self
 
     @model_validator(mode="after")

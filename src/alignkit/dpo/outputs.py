@@ -26,14 +26,15 @@ from typing import Any
 
 from alignkit.atomic import check_writable_dir, write_text
 from alignkit.errors import ConfigError
+from alignkit.tracking import DIRECTORIES as TRACKER_FILES
 
 RECORD = "run.json"
 SUMMARY = "summary.json"
 # what a run writes; their presence means the directory holds a run (run.json alone does not:
 # a run stopped before its first metric row or checkpoint has nothing to continue or to lose)
 RUN_FILES = (
-    "metrics.jsonl", "checkpoints", "final", "sft", SUMMARY, "tensorboard", "selection.json",
-    "selection",
+    "metrics.jsonl", "checkpoints", "final", "sft", SUMMARY, "selection.json", "selection",
+    *TRACKER_FILES,
 )  # fmt: skip
 # leftovers of a run killed while writing a model (DPOPipeline, DPOTrainer.save_model, replace_dir)
 TEMPORARY = (".final.*.tmp", ".sft.*.tmp", "final.old", "sft.old")
@@ -42,8 +43,8 @@ TEMPORARY = (".final.*.tmp", ".sft.*.tmp", "final.old", "sft.old")
 UNCHECKED = frozenset(
     {
         "output_dir", "resume", "overwrite", "max_steps", "epochs", "save_steps",
-        "eval_steps", "logging_steps", "tensorboard", "eval_data", "kl_samples", "device",
-        "trust_remote_code", "gradient_checkpointing", "select_eta",
+        "eval_steps", "logging_steps", "tensorboard", "report_to", "eval_data", "kl_samples",
+        "device", "trust_remote_code", "gradient_checkpointing", "select_eta",
     }
 )  # fmt: skip
 

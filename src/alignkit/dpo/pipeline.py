@@ -39,7 +39,8 @@ class PipelineResult:
 def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None = None) -> Path:
     """Fine-tune ``config.model`` on the chosen (best) responses of ``config.data``, or on the
     first completion of each of ``examples`` (:class:`~alignkit.data.PreferenceExample` objects,
-    which may hold a single completion).
+    which may hold a single completion). The model is saved to ``out``; the loss and learning
+    rate go to ``config.report_to``'s trackers as run ``sft`` in ``config.output_dir``.
 
     The optimizer settings are the DPO config's (AdamW, ``scheduler`` with ``warmup_steps``,
     ``weight_decay``, ``max_grad_norm``). With ``config.lora`` a LoRA adapter is trained and
@@ -51,8 +52,9 @@ def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None 
     from alignkit.dpo.batching import epoch_batches
     from alignkit.dpo.forward import get_log_probs
     from alignkit.dpo.model_io import load_policy, with_adapter
-    from alignkit.dpo.trainer import preference_dataset
+    from alignkit.dpo.trainer import NOT_TRACKED, preference_dataset
     from alignkit.progress import training_progress
+    from alignkit.tracking import Tracking
 
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config)
@@ -83,7 +85,9 @@ def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None 
     scheduler = get_scheduler(name, optimizer, config.warmup_steps, total)
     pad = tokenizer.pad_token_id or 0
     step = 0
-    with training_progress(total, description="sft") as update:
+    settings = config.model_dump(mode="json", exclude=NOT_TRACKED)
+    tracking = Tracking(config.report_to, Path(config.output_dir), "sft", settings)
+    with tracking, training_progress(total, description="sft") as update:
         for epoch in range(epochs):
             for batch in epoch_batches(lengths, config.batch_size, config.seed, epoch):
                 if step >= total:
@@ -102,6 +106,8 @@ def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None 
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 update(float(loss.detach()), int(out_logps.tokens.sum()))
+                tracking.log({"loss": loss.detach(), "learning_rate": scheduler.get_last_lr()[0],
+                              "epoch": epoch}, step)  # fmt: skip
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)

@@ -191,8 +191,10 @@ def select_method(
     def trainer(i: int):
         settings = {**options[i], "output_dir": root / str(i), "eval_data": None,
                     "eval_steps": 0, "kl_samples": 0, "resume": True}  # fmt: skip
-        return DPOTrainer(model=copy.deepcopy(model), config=config, tokenizer=tokenizer,
-                          train_dataset=train, **settings)  # fmt: skip
+        run = DPOTrainer(model=copy.deepcopy(model), config=config, tokenizer=tokenizer,
+                         train_dataset=train, **settings)  # fmt: skip
+        run.tracking_name = f"trial-{_name(options[i])}"  # its curve, rung after rung
+        return run
 
     alive, reached = list(range(len(options))), [0] * len(options)
     plan = rungs(len(options), config.max_steps, eta)

@@ -38,6 +38,9 @@ from alignkit.dpo.outputs import run_settings, settings_changes
 from alignkit.dpo.reference import precompute_reference
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
+from alignkit.tracking import Tracking, remove_tracking
+
+NOT_TRACKED = {"resume", "overwrite", "report_to", "tensorboard"}  # bookkeeping, not settings
 
 
 def preference_dataset(config: DPOConfig, path, tokenizer):
@@ -118,7 +121,8 @@ class DPOTrainer:
         self.ref_logps: SequenceLogps | None = None
         self.eval_ref_logps: SequenceLogps | None = None
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        self._writer = None
+        self.tracking = Tracking([], self.output_dir, "dpo")  # opened by train()
+        self.tracking_name = "dpo"  # the run's name in the trackers
         self._settings: dict[str, Any] | None = None  # run_settings, kept in every checkpoint
         self._setup_optimisation()
 
@@ -277,14 +281,26 @@ class DPOTrainer:
         ``until``: stop after that step of the run (its learning-rate schedule is the whole
         run's), with a checkpoint there, so that a resume continues the same run; method
         selection trains its trials this way."""
-        from alignkit.progress import make_progress
-
         cfg, acc = self.config, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._settings = run_settings(cfg)
         self.prepare_reference()  # before resuming: the reference is the untrained policy
         if not (cfg.resume and self.resume()):
             self._start_over()
+        settings = cfg.model_dump(mode="json", exclude=NOT_TRACKED)
+        self.tracking = Tracking(
+            cfg.report_to, self.output_dir, self.tracking_name, settings,
+            enabled=acc.is_main_process,
+        )  # fmt: skip
+        try:
+            return self._train(until)
+        finally:
+            self.tracking.finish()
+
+    def _train(self, until: int | None) -> dict[str, float]:
+        from alignkit.progress import make_progress
+
+        cfg, acc = self.config, self.accelerator
         ga = cfg.gradient_accumulation_steps
         start, last = time.time(), {}
         tokens = 0
@@ -322,13 +338,13 @@ class DPOTrainer:
         return {**last, **final}
 
     def _start_over(self) -> None:
-        """Remove the checkpoints, metrics and TensorBoard logs of an earlier run in
+        """Remove the checkpoints, metrics and tracker logs of an earlier run in
         ``output_dir``: a fresh run must not append to its metrics, nor have its own checkpoints
         rotated out in favour of the earlier run's later steps (which a resume would then load).
         The CLI refuses such a directory unless --overwrite; other files there are kept."""
         if self.accelerator.is_main_process:
-            for name in ("checkpoints", "tensorboard"):
-                shutil.rmtree(self.output_dir / name, ignore_errors=True)
+            shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+            remove_tracking(self.output_dir)
             self.metrics_path.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
 
@@ -347,28 +363,14 @@ class DPOTrainer:
         return sum(len(ex.prompt_ids) + len(c) for c in ex.completion_ids)
 
     def log(self, metrics: dict[str, float]) -> None:
-        """Append a row to ``metrics.jsonl`` (and TensorBoard when asked); main process only."""
+        """Append a row to ``metrics.jsonl`` and to the trackers (``report_to``); main process
+        only."""
         if not metrics or not self.accelerator.is_main_process:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        if self.config.tensorboard:
-            writer = self._tensorboard()
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, self.step)
-            writer.flush()
-
-    def _tensorboard(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError(
-                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
-                ) from None
-            self._writer = SummaryWriter(self.output_dir / "tensorboard")
-        return self._writer
+        self.tracking.log(metrics, self.step)
 
     # ------------------------------------------------------------------------ evaluate
 

@@ -19,6 +19,7 @@ from alignkit.config import CommandConfig, ModelString
 from alignkit.models.base import GenerationConfig
 from alignkit.redteam.config import RedTeamConfig
 from alignkit.safety.constrained import SafetyConfig
+from alignkit.tracking import REPORT_TO_HELP, ReportTo
 
 STAGES = ("baseline", "redteam", "revise", "feedback", "train", "evaluate", "report")
 """The stages in order; a rerun resumes at the first one that has not finished."""
@@ -171,6 +172,8 @@ class TrainSection(SafetyConfig, Section):
     def _not_set_here(self) -> TrainSection:
         if self.model is not None or self.data is not None or self.output_dir is not None:
             raise ValueError("train.model, train.data and train.output_dir are set by the pipeline")
+        if self.report_to:
+            raise ValueError("train.report_to: set report_to at the top (it covers every stage)")
         return self
 
 
@@ -226,6 +229,11 @@ class PipelineConfig(CommandConfig):
     seed: int = Field(0, description="Seed of every stage.")
     device: str = Field("auto", description="Device of local models: auto, cpu, cuda, mps.")
     skip: list[str] = Field(default_factory=list, description="Stages to leave out.")
+    report_to: ReportTo = Field(
+        default_factory=list,
+        description=REPORT_TO_HELP + " Each stage's figures go to run 'pipeline'; the cost model "
+        "and every DPO round of the train stage are runs of their own.",
+    )
     redo_from: str | None = Field(
         None, description="Run this stage and every later one again (earlier ones are kept)."
     )

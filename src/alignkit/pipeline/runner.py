@@ -238,12 +238,24 @@ class AlignmentPipeline:
             ctx.outputs[stage] = outputs
             result.ran.append(stage)
             result.seconds[stage] = seconds
+            self._track(stage, outputs, seconds)
             console.print(f"[green]{stage} finished[/] in {seconds:.1f} s: {brief(outputs)}")
             if stage in cfg.review.pause_after and cfg.review.enabled and stage != active[-1]:
                 result.paused = stage
                 break
         result.outputs = ctx.outputs
         return result
+
+    def _track(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
+        """A finished stage's figures (every number in its outputs, ``STAGE/...``) and time to
+        ``report_to``'s trackers, run ``pipeline``, at step = the stage's place in the loop."""
+        from alignkit.tracking import Tracking
+
+        if not self.config.report_to:
+            return
+        settings = self.config.model_dump(mode="json", exclude={"report_to"})
+        with Tracking(self.config.report_to, self.out, "pipeline", settings) as tracking:
+            tracking.log({stage: outputs, "seconds": {stage: seconds}}, STAGES.index(stage))
 
     def _human_labels(self, console) -> Any:
         """The people's verdicts the later stages read (``review.human_labels``), or None."""

@@ -369,6 +369,7 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path, human: list[dic
         model=ctx.config.model, kind="cost", learning_rate=section.cost_learning_rate,
         epochs=section.cost_epochs, batch_size=16, seed=ctx.config.seed,
         device=ctx.config.device, output_dir=path, lora=bool(section.dpo_options.get("lora")),
+        report_to=ctx.config.report_to,
     )  # fmt: skip
     return train_value_model(config, judged), path
 
@@ -426,7 +427,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
     safety = SafetyConfig.model_validate(
         settings | {"model": cfg.model, "data": str(out / "pairs.jsonl"), "output_dir": out,
                     "cost_model": cost_path, "eval_prompts": eval_prompts or "testbed",
-                    "seed": cfg.seed, "device": cfg.device}
+                    "seed": cfg.seed, "device": cfg.device, "report_to": cfg.report_to}
     )  # fmt: skip
     alignment = SafetyAlignment(safety, pairs=pairs)
     result = alignment.train()

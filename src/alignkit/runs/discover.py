@@ -43,7 +43,17 @@ REDTEAM_FILES = ("redteam.json", "campaign.sqlite")
 DPO_FILES = ("metrics.jsonl", "final", "run.json")
 # folders inside a run that hold models, checkpoints or logs, never another run
 SKIP_DIRS = frozenset(
-    {"final", "sft", "checkpoints", "tensorboard", "selection", "cost_model", "__pycache__"}
+    {
+        "final",
+        "sft",
+        "checkpoints",
+        "tensorboard",
+        "wandb",
+        "mlruns",
+        "selection",
+        "cost_model",
+        "__pycache__",
+    }
 )
 ROLES = {"baseline": "pipeline baseline", "evaluate": "pipeline trained"}
 

@@ -42,6 +42,7 @@ from alignkit.config import CommandConfig, ModelString
 from alignkit.errors import AlignkitError, ConfigError, DataError
 from alignkit.evaluation.rundir import write_jsonl
 from alignkit.safety.verify import check_verifier, cost_rate, independent_rate, resolve, verdict
+from alignkit.tracking import REPORT_TO_HELP, ReportTo, Tracking
 
 
 class ConstraintNotMet(AlignkitError):
@@ -100,6 +101,7 @@ class SafetyConfig(CommandConfig):
     output_dir: Path = Field(Path("runs/safety"), description="Rounds, models and history.")
     seed: int = 0
     device: str = "auto"
+    report_to: ReportTo = Field(default_factory=list, description=REPORT_TO_HELP)
 
     def dpo_config(self, data: Path, out: Path):
         from alignkit.dpo import DPOConfig
@@ -107,7 +109,7 @@ class SafetyConfig(CommandConfig):
         settings = dict(
             model=self.model, data=data, output_dir=out, learning_rate=self.learning_rate,
             beta=self.beta, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
-            device=self.device, kl_samples=0,
+            device=self.device, kl_samples=0, report_to=self.report_to,
         )  # fmt: skip
         taken = sorted(set(self.dpo_options) & (set(settings) - {"kl_samples"}))
         if taken:
@@ -309,7 +311,7 @@ class SafetyAlignment:
 
         config = ValueModelConfig(
             kind="cost", learning_rate=1e-3, batch_size=16, device=self.config.device,
-            seed=self.config.seed, output_dir=path,
+            seed=self.config.seed, output_dir=path, report_to=self.config.report_to,
         )  # fmt: skip
         return train_value_model(config, testbed_value_pairs(256, "harmless", "train", 0))
 
@@ -383,6 +385,11 @@ class SafetyAlignment:
                 lam = next_multiplier(lam, rate, cfg.threshold, cfg.lambda_lr, gaps, cfg.help_gap)
         last = history[-1]
         constraint = verdict(last["cost_model"], last["independent"], cfg.threshold)
+        settings = cfg.model_dump(mode="json", exclude={"report_to"})
+        with Tracking(cfg.report_to, self.out, "safety", settings) as tracking:
+            for entry in history:  # each round's multiplier and measured rates
+                tracking.log(entry, step=entry["round"])
+            tracking.log({"constraint": constraint}, step=last["round"])
         result = SafetyResult(model, constraint["met"], history, report, constraint)
         summary = {"model": str(model), "constraint_met": constraint["met"],
                    "constraint": constraint, "history": history, "data": report}  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignkit.config import CommandConfig, ModelString
+from alignkit.tracking import REPORT_TO_HELP, ReportTo
 
 Kind = Literal["reward", "cost"]
 Dimension = Literal["helpful", "harmless", "honest"]
@@ -44,6 +45,7 @@ class ValueModelConfig(CommandConfig):
     seed: int = 0
     device: str = "auto"
     trust_remote_code: bool = False
+    report_to: ReportTo = Field(default_factory=list, description=REPORT_TO_HELP)
 
     @model_validator(mode="after")
     def _kind_settings(self) -> ValueModelConfig:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from alignkit.atomic import move_files_into, write_text
-from alignkit.errors import DataError, ModelError
+from alignkit.errors import ConfigError, DataError, ModelError
 from alignkit.models.base import ModelSpec
 from alignkit.safety.value_config import Kind, ValueModelConfig
 from alignkit.safety.value_losses import (
@@ -367,10 +367,14 @@ def train_value_model(
 
     Records of other dimensions than ``config.dimension`` are left out. The returned model
     carries ``history`` (loss and accuracy per step) and, with ``eval_records``, ``metrics``
-    from :func:`evaluate_pairwise`; with ``config.output_dir`` both are saved there too.
+    from :func:`evaluate_pairwise`; with ``config.output_dir`` both are saved there too, and go
+    to ``config.report_to``'s trackers (run ``reward-model`` or ``cost-model``).
     """
     from alignkit.progress import training_progress
+    from alignkit.tracking import Tracking
 
+    if config.report_to and config.output_dir is None:
+        raise ConfigError("report_to needs output_dir: the trackers write there")
     records = check_records(train_records, config.dimension)
     held_out = check_records(eval_records, config.dimension, "eval") if eval_records else None
     value_model = load_backbone(config)
@@ -380,9 +384,16 @@ def train_value_model(
     )
     rng = random.Random(config.seed)
     value_model.model.train()
-    with training_progress(
-        steps_per_epoch * config.epochs, enabled=progress, description=f"{config.kind} model"
-    ) as update:
+    settings = config.model_dump(mode="json", exclude={"report_to"})
+    tracking = Tracking(
+        config.report_to, config.output_dir or ".", f"{config.kind}-model", settings
+    )
+    with (
+        tracking,
+        training_progress(
+            steps_per_epoch * config.epochs, enabled=progress, description=f"{config.kind} model"
+        ) as update,
+    ):
         for epoch in range(config.epochs):
             order = list(records)
             rng.shuffle(order)
@@ -399,9 +410,14 @@ def train_value_model(
                     {"epoch": epoch, "loss": loss.item(), "accuracy": accuracy}
                 )
                 update(loss.item(), 2 * len(batch))
-    value_model.model.eval()
-    if held_out:
-        value_model.metrics = evaluate_pairwise(value_model, held_out)
+                rate = schedule.get_last_lr()[0]
+                tracking.log(
+                    {**value_model.history[-1], "learning_rate": rate}, len(value_model.history)
+                )
+        value_model.model.eval()
+        if held_out:
+            value_model.metrics = evaluate_pairwise(value_model, held_out)
+            tracking.log({"eval": value_model.metrics}, len(value_model.history))
     if config.output_dir is not None:
         value_model.save(config.output_dir)
         metrics = {"train": value_model.history, "eval": value_model.metrics}
