@@ -15,9 +15,7 @@ def tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
 
     events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     events.Reload()
-    return {
-        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
-    }
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 def mlflow_run(run_dir: Path, name: str):
