@@ -101,6 +101,7 @@ class StepClock:
         self.first: float | None = None
         self.last = 0.0
         self.tokens = 0
+        self.tokens_sq = 0
         self.steps = 0
 
     def _sync(self) -> None:
@@ -112,10 +113,12 @@ class StepClock:
             self._sync()
             self.first = time.perf_counter()
 
-    def end(self, tokens: int = 0) -> None:
+    def end(self, lengths: list[int] = ()) -> None:
+        """End of a step that processed sequences of these ``lengths`` (tokens each)."""
         self._sync()
         self.last = time.perf_counter()
-        self.tokens += tokens
+        self.tokens += sum(lengths)
+        self.tokens_sq += sum(n * n for n in lengths)  # for the attention FLOPs
         self.steps += 1
 
     @property
@@ -150,8 +153,7 @@ def run_alignkit(opts: dict[str, Any]) -> dict[str, Any]:
             clock.begin()
             metrics = super().train_step(micro_batches)
             examples = [self.train_dataset[i] for batch in micro_batches for i in batch]
-            tokens = sum(len(ex.prompt_ids) + len(c) for ex in examples for c in ex.completion_ids)
-            clock.end(tokens)
+            clock.end([len(ex.prompt_ids) + len(c) for ex in examples for c in ex.completion_ids])
             losses.append(metrics["loss"])
             accuracies.append(metrics["rewards/accuracies"])
             return metrics
@@ -187,6 +189,7 @@ def run_alignkit(opts: dict[str, Any]) -> dict[str, Any]:
         "loop_s": clock.seconds,
         "precompute_s": precompute["s"],
         "tokens": clock.tokens,
+        "tokens_sq": clock.tokens_sq,
         "steps": clock.steps,
         "losses": losses,
         "accuracies": accuracies,
@@ -230,8 +233,9 @@ def _same_tokens_as_alignkit(trainer, opts: dict[str, Any]) -> bool:
     return True
 
 
-def run_trl(opts: dict[str, Any], precompute: bool) -> dict[str, Any]:
-    """TRL's DPOTrainer: reference forward every step, or reference log-probs precomputed."""
+def run_trl(opts: dict[str, Any], precompute: bool, liger: bool = False) -> dict[str, Any]:
+    """TRL's DPOTrainer: reference forward every step, or reference log-probs precomputed;
+    ``liger``: with Liger-Kernel's fused linear DPO loss (``use_liger_kernel``)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -248,16 +252,18 @@ def run_trl(opts: dict[str, Any], precompute: bool) -> dict[str, Any]:
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             # attention_mask row sums are the prompt + completion tokens of each sequence
-            self._bench_tokens = getattr(self, "_bench_tokens", 0)
-            self._bench_tokens += int(inputs["attention_mask"].sum())
+            lengths.extend(int(n) for n in inputs["attention_mask"].sum(-1))
             return super().training_step(model, inputs, num_items_in_batch)
+
+    lengths: list[int] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             clock.begin()
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock.end()
+            clock.end(lengths)
+            lengths.clear()
 
     rows = _conversational(opts["data"])
     memory = PeakMemory(opts["device"])
@@ -281,6 +287,7 @@ def run_trl(opts: dict[str, Any], precompute: bool) -> dict[str, Any]:
         gradient_checkpointing=opts["gradient_checkpointing"],
         seed=opts["seed"],
         precompute_ref_log_probs=precompute,
+        use_liger_kernel=liger,
         precompute_ref_batch_size=2 * opts["batch_size"],  # what alignkit uses
         use_cpu=opts["device"] == "cpu",
         report_to=[],
@@ -303,7 +310,8 @@ def run_trl(opts: dict[str, Any], precompute: bool) -> dict[str, Any]:
     return {
         "loop_s": clock.seconds,
         "precompute_s": timing["precompute_s"],
-        "tokens": getattr(trainer, "_bench_tokens", 0),
+        "tokens": clock.tokens,
+        "tokens_sq": clock.tokens_sq,
         "steps": clock.steps,
         "losses": [float(e["loss"]) for e in logs],
         "accuracies": [float(e["rewards/accuracies"]) for e in logs],
@@ -316,6 +324,7 @@ RUNNERS = {
     "alignkit": run_alignkit,
     "trl": lambda opts: run_trl(opts, precompute=False),
     "trl-precompute": lambda opts: run_trl(opts, precompute=True),
+    "trl-liger": lambda opts: run_trl(opts, precompute=True, liger=True),
 }
 
 

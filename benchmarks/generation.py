@@ -5,6 +5,8 @@ generated tokens per second and the speedup of batching. Run by hand, not part o
 
     python benchmarks/generation.py --model testbed --n 64 --max-new-tokens 48
     python benchmarks/generation.py --model hf:/path/to/model --batch-size 32
+    python benchmarks/generation.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 \
+        --n 512 --max-new-tokens 256 --batch-size 128 --batched-only --repeats 1
 
 Prompts come from the testbed world when the model is the testbed, else from a built-in list.
 """
@@ -12,13 +14,19 @@ Prompts come from the testbed world when the model is the testbed, else from a b
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from alignkit.models import GenerationConfig, load_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GENERIC_PROMPTS = [
     "What is the capital of France?",
@@ -84,14 +92,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--batched-only", action="store_true", help="skip one-at-a-time (large --n on GPUs)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     console = Console()
-    backend = load_backend(
-        args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype
-    )
+    model = args.model
+    if model.startswith("random:"):  # a random model of a real shape (dpo_vs_trl's SHAPES)
+        from dpo_vs_trl import build_random_model
+
+        directory = Path(tempfile.mkdtemp(prefix="generation-model-"))
+        model = "hf:" + str(build_random_model(model.split(":", 1)[1], directory, seed=0))
+    backend = load_backend(model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     prompts = make_prompts(args.model, args.n)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0)
     backend.generate(prompts[:2], config.model_copy(update={"max_new_tokens": 4}))  # warm-up
@@ -100,8 +116,20 @@ def main(argv: list[str] | None = None) -> None:
     batched_runs, single_runs = [], []
     for _ in range(args.repeats):
         batched_runs.append(timed(lambda: backend.generate(prompts, config, progress=False)))
-        single_runs.append(timed(lambda: [backend.generate([p], config)[0] for p in prompts]))
+        if not args.batched_only:
+            single_runs.append(timed(lambda: [backend.generate([p], config)[0] for p in prompts]))
     batched_s, batched = median_run(batched_runs)
+    tokens = sum(c.num_tokens for c in batched)
+    if args.json:
+        figures = {"prompts": len(prompts), "tokens": tokens, "seconds": batched_s,
+                   "tokens_per_s": tokens / batched_s, "batch_size": args.batch_size,
+                   "device": str(backend.device)}  # fmt: skip
+        args.json.write_text(json.dumps(figures))
+    if args.batched_only:
+        console.print(f"batched ({args.batch_size}): {len(prompts)} prompts, {tokens} tokens in "
+                      f"{batched_s:.2f} s: {tokens / batched_s:,.1f} tokens/s")  # fmt: skip
+        backend.close()
+        return
     single_s, single = median_run(single_runs)
 
     table = Table(

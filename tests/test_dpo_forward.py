@@ -41,3 +41,70 @@ def test_token_log_probs_keeps_the_dtype_of_bf16_logits():
     out.sum().backward()
     assert out.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
     torch.testing.assert_close(out, _reference(logits.detach(), targets), rtol=0, atol=1e-5)
+
+
+# -- the fused projection + log-softmax (alignkit.dpo.fused_logps) ------------------------------
+def _examples(n: int, seed: int):
+    from alignkit.data.tokenize import TokenizedExample
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def ids(low: int, high: int) -> list[int]:
+        return torch.randint(3, 60, (int(torch.randint(low, high, (1,), generator=gen)),),
+                             generator=gen).tolist()  # fmt: skip
+
+    return [TokenizedExample(ids(2, 9), [ids(1, 7), ids(1, 11)], f"ex{i}") for i in range(n)]
+
+
+def _llama(seed: int = 0, tie: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=tie)  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("chunk", [1 << 24, 64 * 5])  # one chunk, and chunks of five positions
+def test_fused_log_probs_equal_the_plain_path_in_value_and_gradient(monkeypatch, tie, chunk):
+    from alignkit.dpo import fused_logps
+
+    monkeypatch.setattr(fused_logps, "CHUNK_ELEMENTS", chunk)
+    model, examples = _llama(tie=tie), _examples(6, seed=3)
+    weights = torch.randn(6, 2, generator=torch.Generator().manual_seed(4))
+    results = {}
+    for fused in (False, True):
+        model.zero_grad()
+        out = forward.get_log_probs(model, examples, pad_id=0, fused=fused)
+        (out.logps * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[fused] = (out, grads)
+    (plain, plain_grads), (ours, our_grads) = results[False], results[True]
+    torch.testing.assert_close(ours.logps, plain.logps, rtol=0, atol=1e-5)
+    assert torch.equal(ours.tokens, plain.tokens)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_head_that_reads_something_else_falls_back_to_the_plain_path():
+    """A model whose head does not read its last hidden state as it is (here a hook rescales
+    the head's input) is caught by the one-position check and computed the plain way."""
+    from alignkit.dpo.fused_logps import fusable_head
+
+    model, examples = _llama(seed=1), _examples(4, seed=5)
+    model.lm_head.register_forward_pre_hook(lambda _module, args: (2 * args[0],))
+    plain = forward.get_log_probs(model, examples, fused=False)
+    ours = forward.get_log_probs(model, examples, fused=True)
+    torch.testing.assert_close(ours.logps, plain.logps, rtol=0, atol=1e-5)
+    assert fusable_head(model) is None  # remembered: later batches go the plain way at once
+
+
+def test_soft_capped_or_scaled_heads_are_not_fused():
+    from alignkit.dpo.fused_logps import fusable_head
+
+    model = _llama()
+    assert fusable_head(model) is model.lm_head
+    model.config.final_logit_softcapping = 30.0
+    assert fusable_head(model) is None

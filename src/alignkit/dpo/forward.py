@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from alignkit.dpo.fused_logps import fusable_head, linear_token_log_probs
 from alignkit.models.hf import pad_token_ids
 
 
@@ -112,29 +113,13 @@ def batch_rows(examples: Sequence[Any]) -> tuple[list[list[int]], list[int], lis
     return rows, lengths, where
 
 
-def get_log_probs(model, examples: Sequence[Any], pad_id: int = 0) -> SequenceLogps:
-    """Summed log-probs of every completion of ``examples`` (TokenizedExample-like objects with
-    ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable.
-
-    Rows are padded on the right. With left padding, a row's pad positions attend to nothing;
-    CUDA's memory-efficient attention returns finite outputs for such fully masked rows but NaN
-    gradients for them (seen on an H200 with torch 2.11: a finite loss, then every weight NaN
-    after the update), and the NaN reaches the shared weights however the loss masks them.
-    Right-padded pad positions attend to their row's real tokens, so no row is fully masked.
-    Logits are kept only from the first position that predicts a completion token on.
-    """
-    device = next(model.parameters()).device
-    rows, lengths, where = batch_rows(examples)
-    starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion token
+def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Tensor:
+    """Per-row summed completion log-probs from the model's logits, kept from the first
+    position that predicts a completion token on."""
+    device = ids.device
     first = max(min(starts) - 1, 0)  # the first position whose logits are needed
-    ids, mask = pad_token_ids(rows, pad_id, left=False)
     keep = ids.shape[1] - first
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-    kwargs = {}
-    name = _keep_argument(model)
-    if name is not None:
-        kwargs[name] = keep
+    kwargs = {name: keep} if name is not None else {}
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
     if logits.shape[1] != keep:  # the model ignored logits_to_keep (or has no such argument)
         logits = logits[:, -keep:]
@@ -144,7 +129,62 @@ def get_log_probs(model, examples: Sequence[Any], pad_id: int = 0) -> SequenceLo
     lens = torch.tensor(lengths, device=device).unsqueeze(1)
     begin = torch.tensor(starts, device=device).unsqueeze(1)
     in_completion = (target >= begin) & (target < begin + lens)
-    sums = torch.where(in_completion, token_logps, 0.0).sum(-1)
+    return torch.where(in_completion, token_logps, 0.0).sum(-1)
+
+
+def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> torch.Tensor | None:
+    """The same sums from the final hidden states of the completion-predicting positions only,
+    through :func:`~alignkit.dpo.fused_logps.linear_token_log_probs`; None when the model's
+    last hidden state is not what its head reads (checked on the one position whose logits the
+    forward returns), so that the caller takes the plain path."""
+    device = ids.device
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                output_hidden_states=True, **{name: 1})  # fmt: skip
+    hidden = out.hidden_states[-1]
+    with torch.no_grad():
+        expected = out.logits[:, -1].float()
+        ours = torch.nn.functional.linear(hidden[:, -1], head.weight, head.bias)  # as fused
+        error = (ours.float() - expected).abs().max()
+        if error > 1e-2 * expected.abs().max() + 1e-5:  # (bf16 rounding passes; a pre-norm or
+            head._alignkit_unfused = True  # rescaled hidden state does not): never again
+            return None
+    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
+    offset = torch.cat([torch.arange(n) for n in lengths]).to(device)
+    at = torch.tensor(starts, device=device)[row] - 1 + offset  # position predicting the token
+    logps = linear_token_log_probs(hidden[row, at], head, ids[row, at + 1])
+    sums = torch.zeros(len(lengths), dtype=logps.dtype, device=device)
+    return sums.index_add(0, row, logps)
+
+
+def get_log_probs(
+    model, examples: Sequence[Any], pad_id: int = 0, fused: bool = True
+) -> SequenceLogps:
+    """Summed log-probs of every completion of ``examples`` (TokenizedExample-like objects with
+    ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable.
+
+    Rows are padded on the right. With left padding, a row's pad positions attend to nothing;
+    CUDA's memory-efficient attention returns finite outputs for such fully masked rows but NaN
+    gradients for them (seen on an H200 with torch 2.11: a finite loss, then every weight NaN
+    after the update), and the NaN reaches the shared weights however the loss masks them.
+    Right-padded pad positions attend to their row's real tokens, so no row is fully masked.
+    Logits are kept only from the first position that predicts a completion token on; with
+    ``fused`` (and a plain linear head) only the completion-predicting positions are projected,
+    chunk by chunk, and the full logits never exist (:mod:`alignkit.dpo.fused_logps`).
+    """
+    device = next(model.parameters()).device
+    rows, lengths, where = batch_rows(examples)
+    starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion token
+    ids, mask = pad_token_ids(rows, pad_id, left=False)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    name = _keep_argument(model)
+    head = fusable_head(model) if fused and name is not None else None
+    sums = None
+    if head is not None:
+        sums = _fused_sums(model, head, name, ids, mask, positions, starts, lengths)
+    if sums is None:
+        sums = _plain_sums(model, name, ids, mask, positions, starts, lengths)
+    lens = torch.tensor(lengths, device=device).unsqueeze(1)
     n_examples = len(examples)
     n_completions = max(len(ex.completion_ids) for ex in examples)
     logps = torch.zeros((n_examples, n_completions), device=device)
