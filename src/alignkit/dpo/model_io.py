@@ -61,17 +61,18 @@ def with_adapter(model, cfg):
     return get_peft_model(model, lora)
 
 
-def _trainable_state(model) -> dict:
+def _trainable_state(model, state: dict | None = None) -> dict:
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(model)
-    return model.state_dict()
+        return get_peft_model_state_dict(model, state_dict=state)
+    return model.state_dict() if state is None else state
 
 
-def save_weights(model, directory: Path) -> None:
-    """The trainable weights (the adapter for LoRA) as safetensors."""
-    state = {k: v.detach().cpu().contiguous() for k, v in _trainable_state(model).items()}
+def save_weights(model, directory: Path, state: dict | None = None) -> None:
+    """The trainable weights (the adapter for LoRA) as safetensors; ``state``: the model's whole
+    state dict where ``model`` cannot give it (gathered from the shards under FSDP)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in _trainable_state(model, state).items()}
     seen: dict[int, str] = {}
     for key in list(state):  # tied weights share storage; safetensors wants one copy
         ptr = state[key].data_ptr()
@@ -82,14 +83,17 @@ def save_weights(model, directory: Path) -> None:
     save_file(state, Path(directory) / "weights.safetensors")
 
 
-def load_weights(model, checkpoint: Path) -> None:
+def load_weights(model, checkpoint: Path, load=None) -> None:
+    """Load what :func:`save_weights` wrote; ``load(state)``: how to put a whole state dict into
+    ``model`` (returning the missing and unexpected keys), ``load_state_dict`` by default."""
     state = load_file(Path(checkpoint) / "weights.safetensors")
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
         return
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    load = load or (lambda weights: model.load_state_dict(weights, strict=False))
+    missing, unexpected = load(state)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:

@@ -36,6 +36,14 @@ from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
 from alignkit.dpo.outputs import run_settings, settings_changes
 from alignkit.dpo.reference import precompute_reference
+from alignkit.dpo.sharding import (
+    check_engine,
+    gather_optimizer,
+    gather_weights,
+    load_optimizer,
+    shard_reference,
+    weight_loader,
+)
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.errors import AlignkitError, ConfigError
 from alignkit.tracking import Tracking, remove_tracking
@@ -95,6 +103,7 @@ class DPOTrainer:
             mixed_precision="bf16" if cfg.precision == "bf16" else "no",
             cpu=cfg.device == "cpu",
         )
+        check_engine(self.accelerator, cfg.lora)
         set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         check_writable_dir(self.output_dir)  # fails now, not after loading the model
@@ -187,7 +196,7 @@ class DPOTrainer:
         # decays the learning rate num_processes times too fast for our per-process batches.
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         if self.reference is not None:
-            self.reference = self.reference.to(acc.device)
+            self.reference = shard_reference(acc, self.reference)
 
     # ----------------------------------------------------------------------- reference
 
@@ -387,17 +396,22 @@ class DPOTrainer:
     # ---------------------------------------------------------------------- persistence
 
     def save_checkpoint(self) -> Path | None:
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        weights = gather_weights(acc, self.model)  # every process: FSDP gathers the shards
+        optimizer = gather_optimizer(acc, self.model, self.optimizer)
+        if not acc.is_main_process:
             return None
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "adaptive": self.adaptive.state_dict() if self.adaptive else None,
             "run": {"total_steps": self.total_steps, "settings": self._settings},
         }
-        model = self.accelerator.unwrap_model(self.model)
-        return save_checkpoint(self.output_dir, self.step, lambda d: save_weights(model, d), state)
+        model = acc.unwrap_model(self.model)
+        return save_checkpoint(
+            self.output_dir, self.step, lambda d: save_weights(model, d, weights), state
+        )
 
     def resume(self) -> bool:
         """Load the last checkpoint of ``output_dir``; False if there is none. A checkpoint of a
@@ -408,8 +422,9 @@ class DPOTrainer:
             return False
         state = load_state(checkpoint)
         self._check_resumable(checkpoint, state)
-        load_weights(self.accelerator.unwrap_model(self.model), checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
+        acc = self.accelerator
+        load_weights(acc.unwrap_model(self.model), checkpoint, weight_loader(acc, self.model))
+        load_optimizer(acc, self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.adaptive and state.get("adaptive"):
             self.adaptive.load_state_dict(state["adaptive"])
@@ -446,6 +461,7 @@ class DPOTrainer:
         default = path is None
         path = Path(path or self.output_dir / "final")
         self.accelerator.wait_for_everyone()
+        weights = gather_weights(self.accelerator, self.model)  # every process, under FSDP
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             if merge_lora and hasattr(model, "merge_and_unload"):
@@ -454,7 +470,7 @@ class DPOTrainer:
             target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if atomic else path
             if atomic:
                 shutil.rmtree(target, ignore_errors=True)
-            model.save_pretrained(target, safe_serialization=True)
+            model.save_pretrained(target, safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(target)
             if atomic:
                 replace_dir(target, path)

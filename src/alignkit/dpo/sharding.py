@@ -1,0 +1,149 @@
+"""DPO under FSDP2 (``accelerate launch`` with an FSDP config): the policy and the frozen
+reference are sharded across the processes, and checkpoints and saved models are gathered into
+the format one process writes (whole tensors, optimizer parameters numbered in order).
+
+Without FSDP every function here does what the trainer did before: nothing is gathered, only the
+main process reads the optimizer state. Under FSDP every process must call them (they gather
+and scatter through collectives); the gathered tensors land on the main process only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from alignkit.errors import ConfigError
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_engine(accelerator: Accelerator, lora: bool) -> None:
+    """Refuse the distributed set-ups whose checkpoints this trainer cannot gather exactly."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "alignkit dpo does not train under DeepSpeed: ZeRO partitions the optimizer state "
+            "per process, and the trainer's checkpoints keep one full copy; launch with an FSDP "
+            "config instead (examples/accelerate/fsdp.yaml)"
+        )
+    if kind == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError(
+            "alignkit dpo supports FSDP2 only: set fsdp_version: 2 in the accelerate config "
+            "(see examples/accelerate/fsdp.yaml)"
+        )
+    if kind == DistributedType.FSDP and lora:
+        raise ConfigError(
+            "LoRA is not trained under FSDP here (its adapter checkpoints are not gathered); "
+            "launch LoRA runs without an FSDP config (data parallel): the base model is frozen "
+            "and only the adapter's gradients are synchronised"
+        )
+
+
+def shard_reference(accelerator: Accelerator, reference):
+    """The frozen reference on this process: sharded like the policy under FSDP (each process
+    then runs its part of every reference forward), else a whole copy on the device."""
+    if is_sharded(accelerator):
+        return accelerator.prepare(reference)
+    return reference.to(accelerator.device)
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_weights(accelerator: Accelerator, model) -> dict[str, Any] | None:
+    """The whole state dict of a sharded ``model`` on the main process (accelerate gathers it);
+    None without FSDP (the model's own state dict is complete) and on the other processes."""
+    if not is_sharded(accelerator):
+        return None
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    # tied weights (an embedding used as the output layer) come back as copies: make them one
+    # tensor again, as in one process, so that they are saved once
+    first: dict[int, str] = {}
+    for key, tensor in accelerator.unwrap_model(model).state_dict(keep_vars=True).items():
+        original = first.setdefault(id(tensor), key)
+        if original != key and original in state and key in state:
+            state[key] = state[original]
+    return state
+
+
+def gather_optimizer(accelerator: Accelerator, model, optimizer) -> dict[str, Any] | None:
+    """The optimizer state as one process has it (parameters numbered in order, the format of
+    ``torch.optim.Optimizer.state_dict``), on the main process; None on the others."""
+    if not is_sharded(accelerator):
+        return optimizer.state_dict() if accelerator.is_main_process else None
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, _inner(optimizer), options=_options())
+    if not accelerator.is_main_process:
+        return None
+    index = {name: i for i, name in enumerate(_param_names(by_name))}
+    return {
+        "state": {index[name]: value for name, value in by_name["state"].items()},
+        "param_groups": [
+            {**group, "params": [index[name] for name in group["params"]]}
+            for group in by_name["param_groups"]
+        ],
+    }
+
+
+def weight_loader(accelerator: Accelerator, model):
+    """Under FSDP, the function that loads a whole state dict into the sharded ``model`` (torch's
+    loader, which scatters each tensor into the processes' shards); None without FSDP."""
+    if not is_sharded(accelerator):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    return lambda state: set_model_state_dict(model, state, options=options)
+
+
+def load_optimizer(accelerator: Accelerator, model, optimizer, state: dict[str, Any]) -> None:
+    """Load what :func:`gather_optimizer` returned (every process loads the same file)."""
+    if not is_sharded(accelerator):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # torch's names of the parameters, in the order the optimizer numbers them (read locally)
+    local = get_optimizer_state_dict(model, _inner(optimizer))
+    names = _param_names(local)
+    saved = sum(len(group["params"]) for group in state["param_groups"])
+    if saved != len(names):
+        raise ConfigError(
+            f"the checkpoint's optimizer holds {saved} parameters, this model trains {len(names)}"
+        )
+    by_name = {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        model,
+        _inner(optimizer),
+        by_name,
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )
+
+
+def _param_names(by_name: dict[str, Any]) -> list[str]:
+    return [name for group in by_name["param_groups"] for name in group["params"]]
+
+
+def _inner(optimizer):
+    """The torch optimizer under accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
