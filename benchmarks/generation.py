@@ -6,7 +6,10 @@ generated tokens per second and the speedup of batching. Run by hand, not part o
     python benchmarks/generation.py --model testbed --n 64 --max-new-tokens 48
     python benchmarks/generation.py --model hf:/path/to/model --batch-size 32
     python benchmarks/generation.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 \
-        --n 512 --max-new-tokens 256 --batch-size 128 --batched-only --repeats 1
+        --n 512 --max-new-tokens 256 --batch-size 128 --batched-only --repeats 1 --kv-cache static
+
+Each run also prints the memory read by decoding (weights once per step, each row's keys and
+values) over the wall time, as a fraction of the GPU's bandwidth (``decode_bound.py``).
 
 Prompts come from the testbed world when the model is the testbed, else from a built-in list.
 """
@@ -27,6 +30,7 @@ from rich.table import Table
 from alignkit.models import GenerationConfig, load_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_bound import bandwidth_figures  # noqa: E402
 
 GENERIC_PROMPTS = [
     "What is the capital of France?",
@@ -95,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batched-only", action="store_true", help="skip one-at-a-time (large --n on GPUs)"
     )
+    parser.add_argument(
+        "--kv-cache", choices=["dynamic", "static"], default="dynamic",
+        help="static: preallocated cache, decoding steps compiled into CUDA graphs on CUDA",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--peak-gbps", type=float, help="memory bandwidth (default: by GPU name)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -107,10 +117,14 @@ def main(argv: list[str] | None = None) -> None:
 
         directory = Path(tempfile.mkdtemp(prefix="generation-model-"))
         model = "hf:" + str(build_random_model(model.split(":", 1)[1], directory, seed=0))
-    backend = load_backend(model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    backend = load_backend(model, batch_size=args.batch_size, device=args.device,
+                           dtype=args.dtype, kv_cache=args.kv_cache)  # fmt: skip
     prompts = make_prompts(args.model, args.n)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0)
-    backend.generate(prompts[:2], config.model_copy(update={"max_new_tokens": 4}))  # warm-up
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    # warm-up; with a static cache, every batch shape of the run, so compiling is not timed
+    warm = prompts if args.kv_cache == "static" else prompts[:2]
+    warm_tokens = args.max_new_tokens if args.kv_cache == "static" else 4
+    backend.generate(warm, config.model_copy(update={"max_new_tokens": warm_tokens}))
 
     # Interleaved repeats, median of each: this shared machine's load drifts between runs.
     batched_runs, single_runs = [], []
@@ -120,20 +134,28 @@ def main(argv: list[str] | None = None) -> None:
             single_runs.append(timed(lambda: [backend.generate([p], config)[0] for p in prompts]))
     batched_s, batched = median_run(batched_runs)
     tokens = sum(c.num_tokens for c in batched)
+    bound = bandwidth_figures(backend, prompts, batched, batched_s, args.batch_size, args.peak_gbps)
     if args.json:
         figures = {"prompts": len(prompts), "tokens": tokens, "seconds": batched_s,
                    "tokens_per_s": tokens / batched_s, "batch_size": args.batch_size,
-                   "device": str(backend.device)}  # fmt: skip
+                   "kv_cache": args.kv_cache, "device": str(backend.device), **bound}  # fmt: skip
         args.json.write_text(json.dumps(figures))
+    fraction = bound["bandwidth_fraction"]
+    console.print(f"memory read {bound['bytes_read'] / 1e9:,.1f} GB in {bound['decode_steps']} "
+                  f"decoding steps: {bound['achieved_gbps']:,.1f} GB/s"
+                  + (f", {fraction:.1%} of the {bound['peak_gbps']:,.0f} GB/s peak" if fraction
+                     else " (peak unknown: --peak-gbps)"))  # fmt: skip
     if args.batched_only:
-        console.print(f"batched ({args.batch_size}): {len(prompts)} prompts, {tokens} tokens in "
-                      f"{batched_s:.2f} s: {tokens / batched_s:,.1f} tokens/s")  # fmt: skip
+        console.print(f"batched ({args.batch_size}, {args.kv_cache} cache): {len(prompts)} "
+                      f"prompts, {tokens} tokens in {batched_s:.2f} s: "
+                      f"{tokens / batched_s:,.1f} tokens/s")  # fmt: skip
         backend.close()
         return
     single_s, single = median_run(single_runs)
 
     table = Table(
-        title=f"greedy generation: {backend.name}, {len(prompts)} prompts, "
+        title=f"generation (temperature {args.temperature}, {args.kv_cache} cache): "
+        f"{backend.name}, {len(prompts)} prompts, "
         f"max_new_tokens={args.max_new_tokens}, device={backend.device}, "
         f"median of {args.repeats}"
     )

@@ -8,7 +8,9 @@
 # 1. DPO against TRL on realistic lengths (benchmarks/dpo_vs_trl.py --data realistic) on a
 #    random Qwen2-0.5B-shaped model in bf16, at 8 and at 32 pairs per step: tok/s, MFU, peak
 #    memory, final loss, for alignkit and every TRL setting that runs there;
-# 2. batched generation (benchmarks/generation.py): 512 prompts x 256 new tokens on the same shape;
+# 2. generation (benchmarks/generation.py) on the same shape, 256 new tokens: the backend as it is
+#    by default (dynamic cache, batch 16; 128 prompts), then 512 prompts at batch 128 with the
+#    dynamic cache and with the static one (decoding compiled into CUDA graphs);
 # 3. `alignkit demo` on cuda and on cpu: wall time of each.
 # Each step's output goes to $OUT/*.log; the summary table is printed last and written to
 # $OUT/summary.md. A step that fails is reported in the table and the others still run.
@@ -22,11 +24,12 @@ if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
     DEVICE=cpu DTYPE=fp32 GEN_DTYPE=float32 SHAPE=qwen2-small DPO_MODEL=testbed
     DPO8=(--batch-size 2 --steps 2 --pairs 4 --variants alignkit,trl)
     DPO32=(--batch-size 4 --steps 1 --pairs 4 --variants alignkit,trl)
-    GEN=(--n 8 --max-new-tokens 8 --batch-size 8)
+    GEN_BASE=(--n 4 --max-new-tokens 8 --batch-size 2) GEN=(--n 8 --max-new-tokens 8 --batch-size 8)
     DEMO=(--skip redteam --skip revise --skip feedback --skip train --skip evaluate)
 else
     DEVICE=cuda DTYPE=bf16 GEN_DTYPE=bfloat16 SHAPE=qwen2-0.5b DPO_MODEL=random:qwen2-0.5b
     DPO8=(--batch-size 8 --steps 24 --pairs 192) DPO32=(--batch-size 32 --steps 8 --pairs 256)
+    GEN_BASE=(--n 128 --max-new-tokens 256 --batch-size 16)
     GEN=(--n 512 --max-new-tokens 256 --batch-size 128) DEMO=()
 fi
 
@@ -54,8 +57,15 @@ for size in 8 32; do
         --device "$DEVICE" --dtype "$DTYPE" "${!sizes}" --repeats 1 --markdown \
         --json "$OUT/dpo-$size.json"
 done
-step generation python benchmarks/generation.py --model "random:$SHAPE" --device "$DEVICE" \
-    --dtype "$GEN_DTYPE" "${GEN[@]}" --batched-only --repeats 1 --json "$OUT/generation.json"
+gen() {  # gen NAME ARGS...: one generation benchmark run on the random model
+    local name=$1
+    shift
+    step "$name" python benchmarks/generation.py --model "random:$SHAPE" --device "$DEVICE" \
+        --dtype "$GEN_DTYPE" "$@" --batched-only --repeats 1 --json "$OUT/$name.json"
+}
+gen generation-default "${GEN_BASE[@]}"
+gen generation-dynamic "${GEN[@]}"
+gen generation-static "${GEN[@]}" --kv-cache static
 for device in "$DEVICE" cpu; do
     step "demo-$device" alignkit demo --device "$device" --output-dir "$OUT/demo-$device" \
         ${DEMO[@]+"${DEMO[@]}"}
@@ -75,5 +85,7 @@ done
         sed -n '/^DPO, /,$p' "$OUT/dpo-$size.log"
     done
     echo
-    grep -h "tokens/s" "$OUT/generation.log"
+    for name in generation-default generation-dynamic generation-static; do
+        echo "$name: $(grep -h "tokens/s\|memory read" "$OUT/$name.log" | tr "\n" " ")"
+    done
 } | tee "$OUT/summary.md"

@@ -53,6 +53,12 @@ class BackendOptions(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'")
     trust_remote_code: bool = False
     batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="'dynamic': the KV cache grows per token and finished rows leave the batch; "
+        "'static': preallocated, so that on CUDA transformers compiles each decoding step into "
+        "CUDA graphs (torch.compile; the first batches wait for the compiler).",
+    )
     use_chat_template: bool = Field(
         True, description="Render prompts with the tokenizer's chat template (False: raw text)."
     )

@@ -44,6 +44,7 @@ from alignkit.models.base import (
 )
 from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
 from alignkit.models.hf_sampling import GumbelSampler
+from alignkit.models.hf_static import cache_length, generate_static
 from alignkit.models.sampling import sample_keys
 from alignkit.progress import counter
 
@@ -306,11 +307,15 @@ class HFBackend:
         stops = self.stop_strings(config)
         results: list[Completion | None] = [None] * len(encoded)
         batches = list(_batches(order, self.options.batch_size))
+        cache_len = None  # a static cache is sized once for the call's widest prompt
+        if self.options.kv_cache == "static":
+            widest = max(len(ids) for ids in encoded)
+            cache_len = cache_length(widest, config.max_new_tokens, self.context)
         show = len(batches) >= 4 if progress is None else progress
         with counter(f"generating ({self.name})", len(batches), show) as advance:
             for batch in batches:
                 rows = ([encoded[i] for i in batch], [keys[i] for i in batch])
-                outs = self._generate_batch(*rows, config, stops)
+                outs = self._generate_batch(*rows, config, stops, cache_len)
                 for i, out in zip(batch, outs, strict=True):
                     results[i] = out
                 advance()
@@ -327,6 +332,7 @@ class HFBackend:
         keys: list[int | None],
         config: GenerationConfig,
         stops: list[str],
+        cache_len: int | None = None,
     ) -> list[Completion]:
         """Generate for one left-padded batch and turn each row into a :class:`Completion`.
 
@@ -335,8 +341,12 @@ class HFBackend:
         rest go on without recomputing anything: a batch costs what its live rows cost, not
         what its longest row costs (completion lengths often differ tenfold). Sampling draws
         each row's tokens from its own sample key (``keys``), by
-        :class:`~alignkit.models.hf_sampling.GumbelSampler`.
+        :class:`~alignkit.models.hf_sampling.GumbelSampler`. With ``cache_len``
+        (``kv_cache="static"``) :func:`~alignkit.models.hf_static.generate_static` decodes it.
         """
+        if cache_len is not None:
+            generated = generate_static(self, encoded, keys, config, stops, cache_len)
+            return [self._finish(row, stops, config.max_new_tokens) for row in generated]
         ids, mask = pad_token_ids(encoded, self.pad_id, left=True)
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
@@ -347,20 +357,11 @@ class HFBackend:
         sampler = None
         if config.temperature > 0:
             sampler = GumbelSampler(config, keys, width, self.device)  # type: ignore[arg-type]
-        processors = LogitsProcessorList([sampler] if sampler is not None else [])
+        processors = [sampler] if sampler is not None else []
         while active:
             done = ids.shape[1] - width
             hf_config.max_new_tokens = min(self.refill_every, config.max_new_tokens - done)
-            criteria = [_StopOnStrings(self.tokenizer, stops, width)] if stops else []
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    generation_config=hf_config,
-                    stopping_criteria=StoppingCriteriaList(criteria),
-                    logits_processor=processors,
-                    **({self._cache_kwarg: cache} if cache is not None else {}),
-                )
+            out = self._decode(ids, mask, hf_config, stops, width, processors, cache)
             new = out.sequences[:, ids.shape[1] :]
             for i, row in zip(active, new.tolist(), strict=True):
                 generated[i] += row
@@ -376,6 +377,20 @@ class HFBackend:
                 sampler.select(index)
             active = [active[r] for r in keep]
         return [self._finish(row, stops, config.max_new_tokens) for row in generated]
+
+    def _decode(self, ids, mask, hf_config, stops: list[str], width: int, processors, cache=None):
+        """One ``model.generate`` call on a left-padded batch whose generated text starts at
+        column ``width`` (stop strings are looked for from there), continuing ``cache``."""
+        criteria = [_StopOnStrings(self.tokenizer, stops, width)] if stops else []
+        with torch.inference_mode():
+            return self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=hf_config,
+                stopping_criteria=StoppingCriteriaList(criteria),
+                logits_processor=LogitsProcessorList(processors),
+                **({self._cache_kwarg: cache} if cache is not None else {}),
+            )
 
     def _ended(self, ids: list[int], stops: list[str], config: GenerationConfig) -> bool:
         """Whether a row is done: an end token, a stop string, or ``max_new_tokens`` reached."""
