@@ -134,8 +134,9 @@ def _preload_model_class(model_dir: str) -> None:
     AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 (imports the module)
 
 
-def run_alignkit(opts: dict[str, Any]) -> dict[str, Any]:
-    """alignkit's DPOTrainer with reference log-probs precomputed (its default)."""
+def run_alignkit(opts: dict[str, Any], prefix_sharing: bool = False) -> dict[str, Any]:
+    """alignkit's DPOTrainer with reference log-probs precomputed (its default); with
+    ``prefix_sharing`` each prompt is computed once for chosen and rejected."""
     from alignkit.dpo import DPOConfig, DPOTrainer
 
     _preload_model_class(opts["model_dir"])
@@ -178,6 +179,7 @@ def run_alignkit(opts: dict[str, Any]) -> dict[str, Any]:
         gradient_checkpointing=opts["gradient_checkpointing"],
         seed=opts["seed"],
         precompute_ref=True,
+        prefix_sharing=prefix_sharing,
         kl_samples=0,
         logging_steps=1,
         device=opts["device"],
@@ -322,6 +324,7 @@ def run_trl(opts: dict[str, Any], precompute: bool, liger: bool = False) -> dict
 
 RUNNERS = {
     "alignkit": run_alignkit,
+    "alignkit-shared": lambda opts: run_alignkit(opts, prefix_sharing=True),
     "trl": lambda opts: run_trl(opts, precompute=False),
     "trl-precompute": lambda opts: run_trl(opts, precompute=True),
     "trl-liger": lambda opts: run_trl(opts, precompute=True, liger=True),

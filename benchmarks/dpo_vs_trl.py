@@ -1,13 +1,16 @@
 """alignkit's DPOTrainer against TRL's DPOTrainer, side by side on the same work.
 
-Three variants train the same model on the same preference pairs with the same batch size,
+The variants train the same model on the same preference pairs with the same batch size,
 learning rate, beta, number of optimizer steps, max length, optimizer (AdamW, no weight decay),
 schedule (linear decay, no warmup), gradient clipping (1.0), seed and precision:
 
 - ``alignkit``: alignkit's ``DPOTrainer`` with its default ``precompute_ref=True``;
+- ``alignkit-shared``: the same with ``prefix_sharing=True`` (each prompt computed once for
+  chosen and rejected, pairs packed into rows);
 - ``trl``: TRL's ``DPOTrainer`` with its default reference handling (a frozen reference model
   run forward on every batch);
-- ``trl-precompute``: TRL with ``precompute_ref_log_probs=True``.
+- ``trl-precompute``: TRL with ``precompute_ref_log_probs=True``;
+- ``trl-liger``: TRL with precompute and ``use_liger_kernel=True`` (GPUs only).
 
 TRL gets the pairs as chat messages, so it renders them with the same chat template and the
 benchmark checks that both tools tokenize them to the same ids. Gradient checkpointing is off
@@ -47,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("alignkit", "trl", "trl-precompute", "trl-liger")
+VARIANTS = ("alignkit", "alignkit-shared", "trl", "trl-precompute", "trl-liger")
 # TRL 1.16's padding_free is disabled since its DPO refactor (it warns and pads): not a variant.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
 
@@ -415,7 +418,8 @@ def report_tables(
         "headline tok/s = tokens / (training loop + reference precomputation) wall time",
         "MFU = (8 N tokens + 16 layers hidden sum(L^2)) / (headline wall time x peak FLOP/s)"
         + ("" if "mfu" in first else ": n/a without --peak-tflops"),
-        f"tokens per run: {first['tokens']:,} (prompt + completion of every sequence)",
+        f"tokens per run: {first['tokens']:,} (prompt + completion of every sequence; "
+        "alignkit-shared computes each prompt once, its tok/s and MFU count the same tokens)",
         f"data ({args.pairs} pairs, tokens): prompt {profile['prompt']}; response "
         f"{profile['response']}; truncated: {profile['truncated']}",
         f"memory: {first['memory_method']}"

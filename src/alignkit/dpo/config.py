@@ -83,6 +83,11 @@ class DPOConfig(CommandConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    prefix_sharing: bool = Field(
+        False,
+        description="Compute each prompt once for chosen and rejected, examples packed into "
+        "rows (Wang et al. 2024); needs sdpa, eager or flex_attention attention.",
+    )
     seed: int = 0
     # the reference and the adapter
     lora: bool = Field(False, description="Train a LoRA adapter; the reference is the base model.")

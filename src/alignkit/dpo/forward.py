@@ -20,6 +20,12 @@ from typing import Any
 import torch
 
 from alignkit.dpo.fused_logps import fusable_head, linear_token_log_probs
+from alignkit.dpo.prefix_sharing import (
+    MASKED_IMPLEMENTATIONS,
+    attention_implementation,
+    attention_mask,
+    shared_layout,
+)
 from alignkit.models.hf import pad_token_ids
 
 
@@ -132,12 +138,10 @@ def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Ten
     return torch.where(in_completion, token_logps, 0.0).sum(-1)
 
 
-def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> torch.Tensor | None:
-    """The same sums from the final hidden states of the completion-predicting positions only,
-    through :func:`~alignkit.dpo.fused_logps.linear_token_log_probs`; None when the model's
-    last hidden state is not what its head reads (checked on the one position whose logits the
-    forward returns), so that the caller takes the plain path."""
-    device = ids.device
+def _head_input(model, head, name, ids, mask, positions) -> torch.Tensor | None:
+    """The final hidden states ``[rows, T, d]`` that ``head`` projects to logits; None when the
+    model's last hidden state is not what its head reads (checked on the one position whose
+    logits the forward returns; the head is then marked never to be fused again)."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 output_hidden_states=True, **{name: 1})  # fmt: skip
     hidden = out.hidden_states[-1]
@@ -148,6 +152,44 @@ def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> tor
         if error > 1e-2 * expected.abs().max() + 1e-5:  # (bf16 rounding passes; a pre-norm or
             head._alignkit_unfused = True  # rescaled hidden state does not): never again
             return None
+    return hidden
+
+
+def _shared_sums(model, examples, pad_id, name, head) -> torch.Tensor | None:
+    """Per-completion summed log-probs with each example's prompt computed once and examples
+    packed into rows (:mod:`alignkit.dpo.prefix_sharing`); None where that layout cannot run
+    (an attention implementation without custom masks, an empty prompt, an unfusable head)."""
+    implementation = attention_implementation(model)
+    layout = shared_layout(examples, pad_id) if implementation in MASKED_IMPLEMENTATIONS else None
+    if layout is None:
+        return None
+    weight = next(model.parameters())
+    layout = layout.to(weight.device)
+    mask = attention_mask(layout, implementation, weight.dtype)
+    if head is not None:
+        hidden = _head_input(model, head, name, layout.ids, mask, layout.positions)
+        if hidden is None:
+            return None
+        logps = linear_token_log_probs(hidden[layout.row, layout.at], head, layout.target)
+    else:
+        kwargs = {name: 0} if name is not None else {}  # 0: the logits of every position
+        out = model(input_ids=layout.ids, attention_mask=mask, position_ids=layout.positions,
+                    **kwargs)  # fmt: skip
+        picked = out.logits[layout.row, layout.at]
+        logps = token_log_probs(picked[None], layout.target[None])[0]
+    sums = torch.zeros(len(layout.lengths), dtype=logps.dtype, device=logps.device)
+    return sums.index_add(0, layout.sequence, logps)
+
+
+def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> torch.Tensor | None:
+    """The same sums from the final hidden states of the completion-predicting positions only,
+    through :func:`~alignkit.dpo.fused_logps.linear_token_log_probs`; None when the model's
+    last hidden state is not what its head reads (checked on the one position whose logits the
+    forward returns), so that the caller takes the plain path."""
+    device = ids.device
+    hidden = _head_input(model, head, name, ids, mask, positions)
+    if hidden is None:
+        return None
     row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
     offset = torch.cat([torch.arange(n) for n in lengths]).to(device)
     at = torch.tensor(starts, device=device)[row] - 1 + offset  # position predicting the token
@@ -157,7 +199,7 @@ def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> tor
 
 
 def get_log_probs(
-    model, examples: Sequence[Any], pad_id: int = 0, fused: bool = True
+    model, examples: Sequence[Any], pad_id: int = 0, fused: bool = True, share_prompt: bool = False
 ) -> SequenceLogps:
     """Summed log-probs of every completion of ``examples`` (TokenizedExample-like objects with
     ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable.
@@ -169,7 +211,10 @@ def get_log_probs(
     Right-padded pad positions attend to their row's real tokens, so no row is fully masked.
     Logits are kept only from the first position that predicts a completion token on; with
     ``fused`` (and a plain linear head) only the completion-predicting positions are projected,
-    chunk by chunk, and the full logits never exist (:mod:`alignkit.dpo.fused_logps`).
+    chunk by chunk, and the full logits never exist (:mod:`alignkit.dpo.fused_logps`). With
+    ``share_prompt`` each example's prompt is computed once for all of its completions and
+    examples are packed into rows (:mod:`alignkit.dpo.prefix_sharing`), where the model's
+    attention implementation takes a custom mask; else the rows above are used.
     """
     device = next(model.parameters()).device
     rows, lengths, where = batch_rows(examples)
@@ -179,8 +224,8 @@ def get_log_probs(
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     name = _keep_argument(model)
     head = fusable_head(model) if fused and name is not None else None
-    sums = None
-    if head is not None:
+    sums = _shared_sums(model, examples, pad_id, name, head) if share_prompt else None
+    if sums is None and head is not None:
         sums = _fused_sums(model, head, name, ids, mask, positions, starts, lengths)
     if sums is None:
         sums = _plain_sums(model, name, ids, mask, positions, starts, lengths)
@@ -196,10 +241,12 @@ def get_log_probs(
 
 
 @torch.no_grad()
-def get_ref_log_probs(reference, examples: Sequence[Any], pad_id: int = 0) -> SequenceLogps:
+def get_ref_log_probs(
+    reference, examples: Sequence[Any], pad_id: int = 0, share_prompt: bool = False
+) -> SequenceLogps:
     """Log-probs under the reference: a frozen model, or a PEFT model with its adapter disabled
     (the reference of LoRA training, with no second model in memory)."""
     if hasattr(reference, "disable_adapter"):
         with reference.disable_adapter():
-            return get_log_probs(reference, examples, pad_id)
-    return get_log_probs(reference, examples, pad_id)
+            return get_log_probs(reference, examples, pad_id, share_prompt=share_prompt)
+    return get_log_probs(reference, examples, pad_id, share_prompt=share_prompt)

@@ -53,8 +53,10 @@ def precompute_reference(
     pad_id: int = 0,
     cache: bool = True,
     progress=None,
+    share_prompt: bool = False,
 ) -> SequenceLogps:
-    """Reference log-probs of every example, from the disk cache when present."""
+    """Reference log-probs of every example, from the disk cache when present
+    (``share_prompt``: see :func:`~alignkit.dpo.forward.get_log_probs`)."""
     key = hashlib.sha256(
         (model_fingerprint(reference) + data_fingerprint(examples)).encode()
     ).hexdigest()[:24]
@@ -73,7 +75,7 @@ def precompute_reference(
     )
     for start in range(0, len(examples), batch_size):
         batch = [examples[i] for i in order[start : start + batch_size]]
-        part = get_ref_log_probs(reference, batch, pad_id)
+        part = get_ref_log_probs(reference, batch, pad_id, share_prompt)
         pad = width - part.logps.shape[1]
         parts.append(
             SequenceLogps(

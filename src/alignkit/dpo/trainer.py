@@ -209,8 +209,9 @@ class DPOTrainer:
         def compute(dataset) -> SequenceLogps:
             items = [dataset[i] for i in range(len(dataset))]
             return precompute_reference(
-                model, items, batch_size=self.config.batch_size * 2, pad_id=self.pad_id
-            )
+                model, items, batch_size=self.config.batch_size * 2, pad_id=self.pad_id,
+                share_prompt=self.config.prefix_sharing,
+            )  # fmt: skip
 
         self.ref_logps = compute(self.train_dataset)
         if self.eval_dataset is not None:
@@ -226,7 +227,7 @@ class DPOTrainer:
                 self.ref_logps.tokens[indices, :k].to(device),
             )
         reference = self.reference or self.accelerator.unwrap_model(self.model)
-        return get_ref_log_probs(reference, examples, self.pad_id)
+        return get_ref_log_probs(reference, examples, self.pad_id, self.config.prefix_sharing)
 
     # --------------------------------------------------------------------------- steps
 
@@ -239,7 +240,9 @@ class DPOTrainer:
             mine = indices[acc.process_index :: acc.num_processes]
             examples = [self.train_dataset[i] for i in mine]
             with acc.accumulate(self.model), acc.autocast():
-                policy = get_log_probs(self.model, examples, self.pad_id)
+                policy = get_log_probs(
+                    self.model, examples, self.pad_id, share_prompt=cfg.prefix_sharing
+                )
                 gather = acc.gather if acc.num_processes > 1 else None
                 result = preference_step(
                     policy,
