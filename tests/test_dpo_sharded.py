@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from launching import EXAMPLES, FSDP_CONFIG, fsdp_env, fsdp_records, launch_args, torchrun
 from safetensors.torch import load_file
 from servers import free_port
 
@@ -29,30 +30,8 @@ from alignkit.errors import ConfigError
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
-FSDP_CONFIG = EXAMPLES / "fsdp.yaml"
 ZERO3_CONFIG = EXAMPLES / "deepspeed-zero3.yaml"
-LAUNCHER = Path(__file__).with_name("fsdp_on_cpu.py")
 STEPS = 3
-
-
-def _launch_args(config: Path, processes: int = 2):
-    """What ``accelerate launch --config_file CONFIG --num_processes N -m alignkit`` validates."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-
-    parser = launch_command_parser()
-    argv = ["--config_file", str(config), "--num_processes", str(processes), "-m", "alignkit"]
-    args, defaults, _ = _validate_launch_command(parser.parse_args(argv))
-    return args, defaults
-
-
-def _fsdp_env(**extra: str) -> dict[str, str]:
-    """The environment ``accelerate launch`` gives each process for the FSDP example."""
-    from accelerate.utils.launch import prepare_multi_gpu_env
-
-    args, _ = _launch_args(FSDP_CONFIG)
-    args.main_process_port = free_port()
-    return {**prepare_multi_gpu_env(args), **extra}
 
 
 def _rows(out: Path) -> list[dict]:
@@ -61,12 +40,6 @@ def _rows(out: Path) -> list[dict]:
 
 def _losses(out: Path) -> list[float]:
     return [row["loss"] for row in _rows(out) if "loss" in row]
-
-
-def _records(out: Path) -> list[list[dict]]:
-    """Per process: the models accelerate sharded there (see tests/fsdp_on_cpu.py)."""
-    files = sorted((out / "fsdp-record").glob("rank*.jsonl"))
-    return [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
 
 
 class _Runs:
@@ -90,14 +63,12 @@ class _Runs:
         return out
 
     def fsdp(self, out: Path, *extra: str, cache: Path | None = None) -> Path:
-        env = _fsdp_env(ALIGNKIT_FSDP_RECORD=str(out / "fsdp-record"))
+        env = fsdp_env(ALIGNKIT_FSDP_RECORD=str(out / "fsdp-record"))
         if cache is not None:
             env["ALIGNKIT_CACHE"] = str(cache)
-        launch = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(free_port()), str(LAUNCHER), *self.common,
-            "--batch-size", "4", "--output-dir", str(out), *extra,
-        ]  # fmt: skip
+        launch = torchrun(
+            *self.common, "--batch-size", "4", "--output-dir", str(out), *extra, fsdp=True
+        )
         result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-4000:]
         return out
@@ -123,7 +94,7 @@ def _assert_close_tensors(mine: dict, theirs: dict, atol: float) -> None:
 @pytest.mark.timeout(600)
 def test_fsdp_matches_one_process(runs):
     # sharded, not replicated: each process holds half of the policy and of the reference
-    records = _records(runs.two)
+    records = fsdp_records(runs.two)
     assert len(records) == 2
     for kind in (True, False):  # the policy, then the frozen reference
         mine = [next(r for r in rank if r["trainable"] is kind) for rank in records]
@@ -194,7 +165,7 @@ def test_fsdp_precomputes_the_reference_sharded(runs, tmp_path):
     so they are computed here), no reference model kept."""
     out = runs.fsdp(tmp_path / "precomputed", cache=tmp_path / "cache")
     assert list((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))
-    assert all([r["trainable"] for r in rank] == [True] for rank in _records(out))
+    assert all([r["trainable"] for r in rank] == [True] for rank in fsdp_records(out))
     assert _losses(out) == pytest.approx(_losses(runs.one), abs=1e-4)  # measured: 2e-7
 
 
@@ -213,7 +184,7 @@ def test_fsdp_example_config(testbed_path, monkeypatch):
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     # what accelerate launch hands the processes, and the plugin the trainer's Accelerator builds
-    env = _fsdp_env()
+    env = fsdp_env()
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     for key, value in env.items():
         if key.startswith(("FSDP_", "ACCELERATE_")):
@@ -236,7 +207,7 @@ def test_deepspeed_example_config(monkeypatch):
     config = load_config_from_file(str(ZERO3_CONFIG))
     assert config.distributed_type == DistributedType.DEEPSPEED
     assert config.deepspeed_config["zero_stage"] == 3
-    args, defaults = _launch_args(ZERO3_CONFIG)
+    args, defaults = launch_args(ZERO3_CONFIG)
     assert args.use_deepspeed and args.zero_stage == 3 and args.num_processes == 2
     # accelerate launch names the config's DeepSpeed fields so (launch_command does it)
     args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)

@@ -126,7 +126,7 @@ def remove_tracking(directory: Path) -> None:
 @contextmanager
 def _accelerate_state() -> Iterator[None]:
     """accelerate's trackers log through accelerate's logger, which needs its process state.
-    Training code without an ``Accelerator`` (SFT, value models) gets a CPU state for the call
+    Code without an ``Accelerator`` (the stages that only log) gets a CPU state for the call
     only, so that a later ``Accelerator`` still picks its own device."""
     from accelerate.state import PartialState
 

@@ -50,7 +50,9 @@ def _pairs(source: str, dimension: str, n: int, split: str) -> list[dict]:
 @config_command(group, "train-rm", TrainRMConfig)
 def train_rm(config: TrainRMConfig) -> None:
     """Train a reward model (Bradley-Terry) or a Safe-RLHF cost model; report accuracy."""
-    from alignkit.safety.value_model import train_value_model
+    from accelerate import PartialState
+
+    from alignkit.safety.value_training import train_value_model
 
     if config.output_dir is None:
         config = config.model_copy(update={"output_dir": Path(f"runs/{config.kind}-model")})
@@ -61,6 +63,8 @@ def train_rm(config: TrainRMConfig) -> None:
         held = _pairs(config.eval_data, dimension, max(config.n // 2, 1), "heldout")
     fields = set(TrainRMConfig.model_fields) - set(ValueModelConfig.model_fields)
     model = train_value_model(ValueModelConfig(**config.model_dump(exclude=fields)), train, held)
+    if not PartialState().is_main_process:  # several processes (torchrun): the first reports
+        return
     if model.metrics:
         print_note(f"held-out pairwise accuracy: {model.metrics['accuracy']:.1%}")
     print_note(f"{config.kind} model: {config.output_dir}")

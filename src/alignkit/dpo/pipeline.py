@@ -13,17 +13,16 @@ with one has finished) appear whole or not at all.
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from alignkit.atomic import write_text
 from alignkit.dpo.config import DPOConfig
+from alignkit.dpo.sft import supervised_finetune
 from alignkit.errors import ConfigError
+
+__all__ = ["DPOPipeline", "PipelineResult", "supervised_finetune"]
 
 
 @dataclass
@@ -34,85 +33,6 @@ class PipelineResult:
     data_report: dict = field(default_factory=dict)
     already_finished: bool = False  # resume of a finished run: nothing was trained
     selection: dict | None = None  # method selection's race (selection.json), if one ran
-
-
-def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None = None) -> Path:
-    """Fine-tune ``config.model`` on the chosen (best) responses of ``config.data``, or on the
-    first completion of each of ``examples`` (:class:`~alignkit.data.PreferenceExample` objects,
-    which may hold a single completion). The model is saved to ``out``; the loss and learning
-    rate go to ``config.report_to``'s trackers as run ``sft`` in ``config.output_dir``.
-
-    The optimizer settings are the DPO config's (AdamW, ``scheduler`` with ``warmup_steps``,
-    ``weight_decay``, ``max_grad_norm``). With ``config.lora`` a LoRA adapter is trained and
-    merged into the weights that are saved, so ``out`` always holds a whole model that the next
-    stage can start from.
-    """
-    from transformers import get_scheduler
-
-    from alignkit.dpo.batching import epoch_batches
-    from alignkit.dpo.forward import get_log_probs
-    from alignkit.dpo.model_io import load_policy, with_adapter
-    from alignkit.dpo.trainer import NOT_TRACKED, preference_dataset
-    from alignkit.progress import training_progress
-    from alignkit.tracking import Tracking
-
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config)
-    model = with_adapter(model, config)
-    if examples is None:
-        dataset = preference_dataset(config, config.data, tokenizer)
-    else:
-        from alignkit.data import DPODataset
-
-        dataset = DPODataset(
-            examples,
-            tokenizer,
-            max_length=config.max_length,
-            max_prompt_length=config.prompt_limit,
-            truncation_mode=config.truncation_mode,
-        )
-    lengths = [
-        len(dataset[i].prompt_ids) + len(dataset[i].completion_ids[0]) for i in range(len(dataset))
-    ]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    epochs = math.ceil(config.sft_epochs)
-    per_epoch = math.ceil(len(dataset) / config.batch_size)
-    total = max(1, round(config.sft_epochs * per_epoch))
-    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-    scheduler = get_scheduler(name, optimizer, config.warmup_steps, total)
-    pad = tokenizer.pad_token_id or 0
-    step = 0
-    settings = config.model_dump(mode="json", exclude=NOT_TRACKED)
-    tracking = Tracking(config.report_to, Path(config.output_dir), "sft", settings)
-    with tracking, training_progress(total, description="sft") as update:
-        for epoch in range(epochs):
-            for batch in epoch_batches(lengths, config.batch_size, config.seed, epoch):
-                if step >= total:
-                    break
-                examples = [dataset[i] for i in batch]
-                chosen = [
-                    type(ex)(ex.prompt_ids, ex.completion_ids[:1], ex.source) for ex in examples
-                ]
-                out_logps = get_log_probs(model, chosen, pad)
-                loss = -out_logps.logps.sum() / out_logps.tokens.sum()
-                loss.backward()
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                update(float(loss.detach()), int(out_logps.tokens.sum()))
-                tracking.log({"loss": loss.detach(), "learning_rate": scheduler.get_last_lr()[0],
-                              "epoch": epoch}, step)  # fmt: skip
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 class DPOPipeline:
@@ -136,6 +56,7 @@ class DPOPipeline:
             write_record,
         )
         from alignkit.dpo.trainer import DPOTrainer
+        from alignkit.parallel import on_main_process
 
         config = self.config
         out = Path(config.output_dir)
@@ -155,15 +76,16 @@ class DPOPipeline:
             start()  # the SFT model belongs to the run
             sft_dir = out / "sft"
             if not (sft_dir / "config.json").exists():
-                partial = out / f".sft.{os.getpid()}.tmp"
+                partial = out / f".sft.{os.getpid()}.tmp"  # the main process's is written
                 supervised_finetune(config, partial)
-                replace_dir(partial, sft_dir)
+                on_main_process(lambda: replace_dir(partial, sft_dir))
             config = config.model_copy(update={"model": f"hf:{sft_dir}"})
         if not started:
             start()
         if config.select_loss:
             return self._select(config, out)
         trainer = DPOTrainer(config=config)  # loads the model and the data
+        trainer.keep_tracking = started  # the SFT stage's tracker logs belong to this run
         metrics = trainer.train()
         path = trainer.save_model()
         report = trainer.train_dataset.report.to_dict()

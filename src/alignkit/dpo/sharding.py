@@ -1,6 +1,7 @@
-"""DPO under FSDP2 (``accelerate launch`` with an FSDP config): the policy and the frozen
-reference are sharded across the processes, and checkpoints and saved models are gathered into
-the format one process writes (whole tensors, optimizer parameters numbered in order).
+"""DPO, SFT and the value models under FSDP2 (``accelerate launch`` with an FSDP config): the
+policy (and DPO's frozen reference) is sharded across the processes, and checkpoints and saved
+models are gathered into the format one process writes (whole tensors, optimizer parameters
+numbered in order).
 
 Without FSDP every function here does what the trainer did before: nothing is gathered, only the
 main process reads the optimizer state. Under FSDP every process must call them (they gather
@@ -21,26 +22,46 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def check_engine(accelerator: Accelerator, lora: bool) -> None:
-    """Refuse the distributed set-ups whose checkpoints this trainer cannot gather exactly."""
+def check_engine(accelerator: Accelerator, lora: bool, trainer: str = "alignkit dpo") -> None:
+    """Refuse the distributed set-ups whose checkpoints and saved models ``trainer`` (named in
+    the message: DPO, SFT, the value models) cannot gather exactly."""
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
         raise ConfigError(
-            "alignkit dpo does not train under DeepSpeed: ZeRO partitions the optimizer state "
-            "per process, and the trainer's checkpoints keep one full copy; launch with an FSDP "
-            "config instead (examples/accelerate/fsdp.yaml)"
+            f"{trainer} does not train under DeepSpeed: ZeRO partitions the model and optimizer "
+            "state per process, and alignkit gathers only FSDP2 shards into the one full copy "
+            "its checkpoints and saved models keep; launch with an FSDP config instead "
+            "(examples/accelerate/fsdp.yaml)"
         )
     if kind == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError(
-            "alignkit dpo supports FSDP2 only: set fsdp_version: 2 in the accelerate config "
+            f"{trainer} supports FSDP2 only: set fsdp_version: 2 in the accelerate config "
             "(see examples/accelerate/fsdp.yaml)"
         )
     if kind == DistributedType.FSDP and lora:
         raise ConfigError(
-            "LoRA is not trained under FSDP here (its adapter checkpoints are not gathered); "
-            "launch LoRA runs without an FSDP config (data parallel): the base model is frozen "
-            "and only the adapter's gradients are synchronised"
+            f"LoRA is not trained under FSDP by {trainer} (its adapter is not gathered from the "
+            "shards, for checkpoints or merging); launch LoRA runs without an FSDP config (data "
+            "parallel): the base model is frozen and only the adapter's gradients are synchronised"
         )
+
+
+def reset_accelerate_state() -> None:
+    """Forget the settings of this process's last ``Accelerator`` (accelerate keeps one state per
+    process) but not its process group, so that the next ``Accelerator`` (the DPO trainer after
+    SFT, the next trial of method selection) chooses its own.
+
+    accelerate (1.16) writes ``FSDP`` into the process state when an ``Accelerator`` turns FSDP
+    on; the next one would read it from there, skip the branch that keeps its FSDP plugin and
+    fail without one. The type that branch expects, the one the process state chose itself
+    (e.g. ``MULTI_GPU``), is put back."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    shared = PartialState._shared_state
+    if shared.get("distributed_type") == DistributedType.FSDP:
+        state = PartialState()
+        shared["distributed_type"] = state._prepare_backend(shared.get("_cpu", False))[1]
 
 
 def shard_reference(accelerator: Accelerator, reference):

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.atomic import check_writable_dir, replace_dir
@@ -41,6 +40,7 @@ from alignkit.dpo.sharding import (
     gather_optimizer,
     gather_weights,
     load_optimizer,
+    reset_accelerate_state,
     shard_reference,
     weight_loader,
 )
@@ -97,7 +97,7 @@ class DPOTrainer:
         cfg = self.config  # validated: the loss registry checked every loss option
         # accelerate keeps one global state per process; let a later trainer in the same
         # process choose its own precision (the process group itself is kept)
-        AcceleratorState._reset_state(reset_partial_state=False)
+        reset_accelerate_state()
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision="bf16" if cfg.precision == "bf16" else "no",
@@ -132,6 +132,7 @@ class DPOTrainer:
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.tracking = Tracking([], self.output_dir, "dpo")  # opened by train()
         self.tracking_name = "dpo"  # the run's name in the trackers
+        self.keep_tracking = False  # True: a fresh start keeps the tracker logs (DPOPipeline's SFT)
         self._settings: dict[str, Any] | None = None  # run_settings, kept in every checkpoint
         self._setup_optimisation()
 
@@ -353,10 +354,13 @@ class DPOTrainer:
         """Remove the checkpoints, metrics and tracker logs of an earlier run in
         ``output_dir``: a fresh run must not append to its metrics, nor have its own checkpoints
         rotated out in favour of the earlier run's later steps (which a resume would then load).
-        The CLI refuses such a directory unless --overwrite; other files there are kept."""
+        The CLI refuses such a directory unless --overwrite; other files there are kept, and
+        the tracker logs too with ``keep_tracking`` (DPOPipeline clears its directory itself,
+        and the logs of its SFT stage belong to the run)."""
         if self.accelerator.is_main_process:
             shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
-            remove_tracking(self.output_dir)
+            if not self.keep_tracking:
+                remove_tracking(self.output_dir)
             self.metrics_path.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
 

@@ -20,7 +20,7 @@ _NAMES = {
     "cost_model_loss": "value_losses",
     "ValueModel": "value_model",
     "ValueModelConfig": "value_model",
-    "train_value_model": "value_model",
+    "train_value_model": "value_training",
     "evaluate_pairwise": "value_model",
     "modpo_records": "modpo",
     "modpo_sweep": "modpo",

@@ -18,15 +18,15 @@ Records are *pairwise value records* (``prompt``, ``chosen``, ``rejected``, ``di
 on ``dimension`` (for a cost model: the safer one). An optional numeric ``margin`` key gives the
 pair its own Bradley-Terry margin instead of ``config.margin``. The saved directory is a plain
 sequence-classification checkpoint (a LoRA adapter is merged on save), so anything that reads
-reward models (e.g. the ``reward-model`` scorer of the evaluation) can use it.
+reward models (e.g. the ``reward-model`` scorer of the evaluation) can use it. Training
+(:func:`~alignkit.safety.value_training.train_value_model`, importable from here too) runs in
+one process or several (``torchrun`` / ``accelerate launch``, data parallel or FSDP2).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -35,19 +35,20 @@ from typing import Any
 
 import torch
 
+from alignkit._lazy import lazy_exports
 from alignkit.atomic import move_files_into, write_text
-from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.errors import DataError, ModelError
 from alignkit.models.base import ModelSpec
 from alignkit.safety.value_config import Kind, ValueModelConfig
-from alignkit.safety.value_losses import (
-    bradley_terry_loss,
-    cost_model_loss,
-    pairwise_accuracy,
-    safety_signs,
-)
 
 METADATA_FILE = "alignkit_value_model.json"
 _HEAD_NAMES = ("score", "classifier", "v_head")  # value heads of common architectures
+
+# training lives in value_training (which imports this module); still importable from here
+__getattr__ = lazy_exports(
+    __name__,
+    {name: "alignkit.safety.value_training" for name in ("pair_loss", "train_value_model")},
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,11 +178,14 @@ class ValueModel:
         sign = -1.0 if self.kind == "cost" else 1.0
         return [sign * s for s in self.score(prompts, responses)]
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, weights: dict[str, Any] | None = None) -> Path:
         """Save as a sequence-classification checkpoint (safetensors), the tokenizer and
         ``alignkit_value_model.json``; a LoRA adapter is merged into the backbone first. Each
         file appears whole, and the metadata file, which :meth:`load` needs, comes last: a
-        save killed half way leaves a folder that is refused, never half a model."""
+        save killed half way leaves a folder that is refused, never half a model.
+
+        ``weights``: the whole state dict where the model cannot give it itself (a model sharded
+        under FSDP: :func:`~alignkit.dpo.sharding.gather_weights` gathers it)."""
         directory = Path(directory)
         if hasattr(self.model, "peft_config"):
             self.model = self.model.merge_and_unload()
@@ -190,7 +194,7 @@ class ValueModel:
         tmp = directory / f".saving.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             move_files_into(tmp, directory)  # each file whole; other files stay
         finally:
@@ -324,105 +328,8 @@ def _with_lora(model: torch.nn.Module, config: ValueModelConfig) -> torch.nn.Mod
 
 
 # ---------------------------------------------------------------------------------------------
-# Training and evaluation
+# Evaluation (training: alignkit.safety.value_training)
 # ---------------------------------------------------------------------------------------------
-
-
-def pair_loss(
-    value_model: ValueModel, batch: Sequence[Mapping[str, Any]], config: ValueModelConfig
-) -> tuple[torch.Tensor, float]:
-    """``(loss, pairwise accuracy)`` of a batch of records; chosen and rejected conversations
-    go through the model in one forward pass."""
-    prompts = [r["prompt"] for r in batch] * 2
-    responses = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
-    scores = value_model.forward(value_model.encode(prompts, responses))
-    chosen, rejected = scores[: len(batch)], scores[len(batch) :]
-    margins = [config.margin if r.get("margin") is None else float(r["margin"]) for r in batch]
-    margin = torch.tensor(margins, device=scores.device)
-    if config.kind == "reward":
-        loss = bradley_terry_loss(chosen, rejected, margin, config.center_coef)
-        return loss, pairwise_accuracy(chosen, rejected)
-    better_signs = safety_signs([r.get("chosen_safe") for r in batch], scores.device)
-    worse_signs = safety_signs([r.get("rejected_safe") for r in batch], scores.device)
-    loss = cost_model_loss(chosen, rejected, better_signs, worse_signs, margin)
-    return loss, pairwise_accuracy(-chosen, -rejected)
-
-
-def _optimizer(model: torch.nn.Module, config: ValueModelConfig, total_steps: int):
-    from transformers import get_linear_schedule_with_warmup
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
-    return optimizer, schedule, params
-
-
-def train_value_model(
-    config: ValueModelConfig,
-    train_records: Sequence[Mapping[str, Any]],
-    eval_records: Sequence[Mapping[str, Any]] | None = None,
-    progress: bool = True,
-) -> ValueModel:
-    """Train a reward (Bradley-Terry) or cost (Safe RLHF) model on pairwise value records.
-
-    Records of other dimensions than ``config.dimension`` are left out. The returned model
-    carries ``history`` (loss and accuracy per step) and, with ``eval_records``, ``metrics``
-    from :func:`evaluate_pairwise`; with ``config.output_dir`` both are saved there too, and go
-    to ``config.report_to``'s trackers (run ``reward-model`` or ``cost-model``).
-    """
-    from alignkit.progress import training_progress
-    from alignkit.tracking import Tracking
-
-    if config.report_to and config.output_dir is None:
-        raise ConfigError("report_to needs output_dir: the trackers write there")
-    records = check_records(train_records, config.dimension)
-    held_out = check_records(eval_records, config.dimension, "eval") if eval_records else None
-    value_model = load_backbone(config)
-    steps_per_epoch = math.ceil(len(records) / config.batch_size)
-    optimizer, schedule, params = _optimizer(
-        value_model.model, config, steps_per_epoch * config.epochs
-    )
-    rng = random.Random(config.seed)
-    value_model.model.train()
-    settings = config.model_dump(mode="json", exclude={"report_to"})
-    tracking = Tracking(
-        config.report_to, config.output_dir or ".", f"{config.kind}-model", settings
-    )
-    with (
-        tracking,
-        training_progress(
-            steps_per_epoch * config.epochs, enabled=progress, description=f"{config.kind} model"
-        ) as update,
-    ):
-        for epoch in range(config.epochs):
-            order = list(records)
-            rng.shuffle(order)
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start : start + config.batch_size]
-                loss, accuracy = pair_loss(value_model, batch, config)
-                loss.backward()
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                value_model.history.append(
-                    {"epoch": epoch, "loss": loss.item(), "accuracy": accuracy}
-                )
-                update(loss.item(), 2 * len(batch))
-                rate = schedule.get_last_lr()[0]
-                tracking.log(
-                    {**value_model.history[-1], "learning_rate": rate}, len(value_model.history)
-                )
-        value_model.model.eval()
-        if held_out:
-            value_model.metrics = evaluate_pairwise(value_model, held_out)
-            tracking.log({"eval": value_model.metrics}, len(value_model.history))
-    if config.output_dir is not None:
-        value_model.save(config.output_dir)
-        metrics = {"train": value_model.history, "eval": value_model.metrics}
-        write_text(Path(config.output_dir) / "metrics.json", json.dumps(metrics, indent=2))
-    return value_model
 
 
 def evaluate_pairwise(
