@@ -134,9 +134,12 @@ def _preload_model_class(model_dir: str) -> None:
     AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 (imports the module)
 
 
-def run_alignkit(opts: dict[str, Any], prefix_sharing: bool = False) -> dict[str, Any]:
+def run_alignkit(
+    opts: dict[str, Any], prefix_sharing: bool = False, compile_layers: bool = False
+) -> dict[str, Any]:
     """alignkit's DPOTrainer with reference log-probs precomputed (its default); with
-    ``prefix_sharing`` each prompt is computed once for chosen and rejected."""
+    ``prefix_sharing`` each prompt is computed once for chosen and rejected; with
+    ``compile_layers`` every decoder layer is compiled (compile time included)."""
     from alignkit.dpo import DPOConfig, DPOTrainer
 
     _preload_model_class(opts["model_dir"])
@@ -180,6 +183,7 @@ def run_alignkit(opts: dict[str, Any], prefix_sharing: bool = False) -> dict[str
         seed=opts["seed"],
         precompute_ref=True,
         prefix_sharing=prefix_sharing,
+        compile=compile_layers,
         kl_samples=0,
         logging_steps=1,
         device=opts["device"],
@@ -325,6 +329,7 @@ def run_trl(opts: dict[str, Any], precompute: bool, liger: bool = False) -> dict
 RUNNERS = {
     "alignkit": run_alignkit,
     "alignkit-shared": lambda opts: run_alignkit(opts, prefix_sharing=True),
+    "alignkit-compile": lambda opts: run_alignkit(opts, compile_layers=True),
     "trl": lambda opts: run_trl(opts, precompute=False),
     "trl-precompute": lambda opts: run_trl(opts, precompute=True),
     "trl-liger": lambda opts: run_trl(opts, precompute=True, liger=True),

@@ -7,6 +7,8 @@ schedule (linear decay, no warmup), gradient clipping (1.0), seed and precision:
 - ``alignkit``: alignkit's ``DPOTrainer`` with its default ``precompute_ref=True``;
 - ``alignkit-shared``: the same with ``prefix_sharing=True`` (each prompt computed once for
   chosen and rejected, pairs packed into rows);
+- ``alignkit-compile``: the same with ``compile=True`` (each decoder layer compiled; the
+  compiler's time is inside the training loop's);
 - ``trl``: TRL's ``DPOTrainer`` with its default reference handling (a frozen reference model
   run forward on every batch);
 - ``trl-precompute``: TRL with ``precompute_ref_log_probs=True``;
@@ -50,7 +52,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("alignkit", "alignkit-shared", "trl", "trl-precompute", "trl-liger")
+VARIANTS = ("alignkit", "alignkit-shared", "alignkit-compile", "trl", "trl-precompute",
+            "trl-liger")  # fmt: skip
 # TRL 1.16's padding_free is disabled since its DPO refactor (it warns and pads): not a variant.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
 

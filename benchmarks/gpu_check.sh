@@ -22,7 +22,7 @@ export ALIGNKIT_CACHE="${ALIGNKIT_CACHE:-$OUT/cache}"
 
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
     DEVICE=cpu DTYPE=fp32 GEN_DTYPE=float32 SHAPE=qwen2-small DPO_MODEL=testbed
-    DPO8=(--batch-size 2 --steps 2 --pairs 4 --variants alignkit,trl)
+    DPO8=(--batch-size 2 --steps 2 --pairs 4 --variants alignkit,alignkit-shared,alignkit-compile,trl)
     DPO32=(--batch-size 4 --steps 1 --pairs 4 --variants alignkit,trl)
     GEN_BASE=(--n 4 --max-new-tokens 8 --batch-size 2) GEN=(--n 8 --max-new-tokens 8 --batch-size 8)
     DEMO=(--skip redteam --skip revise --skip feedback --skip train --skip evaluate)

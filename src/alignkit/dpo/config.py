@@ -83,6 +83,11 @@ class DPOConfig(CommandConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (the head stays fused); the first steps "
+        "wait for the compiler.",
+    )
     prefix_sharing: bool = Field(
         False,
         description="Compute each prompt once for chosen and rejected, examples packed into "

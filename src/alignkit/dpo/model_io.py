@@ -101,3 +101,22 @@ def load_weights(model, checkpoint: Path, load=None) -> None:
             f"checkpoint {checkpoint} does not fit the model: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+
+
+def compile_layers(model) -> int:
+    """``torch.compile`` every decoder layer of ``model`` in place (the classes it names in
+    ``_no_split_modules``), and return how many. In place, so parameter names, checkpoints and
+    saved models stay as they are; the output head stays eager, so the fused log-prob path
+    (:mod:`alignkit.dpo.fused_logps`) still reads it. Shapes change from batch to batch
+    (length-bucketed rows): torch recompiles once, then marks the length dynamic."""
+    base = getattr(model, "module", model)  # DistributedDataParallel
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [module for module in base.modules() if type(module).__name__ in names]
+    if not layers:
+        raise ModelError(
+            f"compile: {type(base).__name__} names no decoder layer class (_no_split_modules)"
+        )
+    for layer in layers:
+        layer.compile()
+    return len(layers)

@@ -32,13 +32,20 @@ from alignkit.dpo.checkpoint import (
 )
 from alignkit.dpo.config import DPOConfig
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
-from alignkit.dpo.model_io import load_policy, load_weights, save_weights, with_adapter
+from alignkit.dpo.model_io import (
+    compile_layers,
+    load_policy,
+    load_weights,
+    save_weights,
+    with_adapter,
+)
 from alignkit.dpo.outputs import run_settings, settings_changes
 from alignkit.dpo.reference import precompute_reference
 from alignkit.dpo.sharding import (
     check_engine,
     gather_optimizer,
     gather_weights,
+    is_sharded,
     load_optimizer,
     reset_accelerate_state,
     shard_reference,
@@ -104,6 +111,11 @@ class DPOTrainer:
             cpu=cfg.device == "cpu",
         )
         check_engine(self.accelerator, cfg.lora)
+        if cfg.compile and is_sharded(self.accelerator):
+            raise ConfigError(
+                "compile is not run under FSDP here (FSDP2 would have to shard the compiled "
+                "layers); launch without --compile, or without the FSDP config"
+            )
         set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         check_writable_dir(self.output_dir)  # fails now, not after loading the model
@@ -196,6 +208,8 @@ class DPOTrainer:
         # The scheduler stays unprepared: accelerate would step it once per process, which
         # decays the learning rate num_processes times too fast for our per-process batches.
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if cfg.compile:
+            compile_layers(self.model)
         if self.reference is not None:
             self.reference = shard_reference(acc, self.reference)
 
