@@ -135,7 +135,10 @@ def _preload_model_class(model_dir: str) -> None:
 
 
 def run_alignkit(
-    opts: dict[str, Any], prefix_sharing: bool = False, compile_layers: bool = False
+    opts: dict[str, Any],
+    prefix_sharing: bool = False,
+    compile_layers: bool = False,
+    attention: str = "auto",
 ) -> dict[str, Any]:
     """alignkit's DPOTrainer with reference log-probs precomputed (its default); with
     ``prefix_sharing`` each prompt is computed once for chosen and rejected; with
@@ -184,6 +187,7 @@ def run_alignkit(
         precompute_ref=True,
         prefix_sharing=prefix_sharing,
         compile=compile_layers,
+        attn_implementation=attention,
         kl_samples=0,
         logging_steps=1,
         device=opts["device"],
@@ -329,6 +333,9 @@ def run_trl(opts: dict[str, Any], precompute: bool, liger: bool = False) -> dict
 RUNNERS = {
     "alignkit": run_alignkit,
     "alignkit-shared": lambda opts: run_alignkit(opts, prefix_sharing=True),
+    "alignkit-shared-flex": lambda opts: run_alignkit(
+        opts, prefix_sharing=True, attention="flex_attention"
+    ),
     "alignkit-compile": lambda opts: run_alignkit(opts, compile_layers=True),
     "trl": lambda opts: run_trl(opts, precompute=False),
     "trl-precompute": lambda opts: run_trl(opts, precompute=True),

@@ -7,6 +7,7 @@ schedule (linear decay, no warmup), gradient clipping (1.0), seed and precision:
 - ``alignkit``: alignkit's ``DPOTrainer`` with its default ``precompute_ref=True``;
 - ``alignkit-shared``: the same with ``prefix_sharing=True`` (each prompt computed once for
   chosen and rejected, pairs packed into rows);
+- ``alignkit-shared-flex``: prefix sharing with FlexAttention block masks (GPUs only);
 - ``alignkit-compile``: the same with ``compile=True`` (each decoder layer compiled; the
   compiler's time is inside the training loop's);
 - ``trl``: TRL's ``DPOTrainer`` with its default reference handling (a frozen reference model
@@ -52,8 +53,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("alignkit", "alignkit-shared", "alignkit-compile", "trl", "trl-precompute",
-            "trl-liger")  # fmt: skip
+VARIANTS = ("alignkit", "alignkit-shared", "alignkit-shared-flex", "alignkit-compile", "trl",
+            "trl-precompute", "trl-liger")  # fmt: skip
 # TRL 1.16's padding_free is disabled since its DPO refactor (it warns and pads): not a variant.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, by GPU name
 
@@ -294,6 +295,8 @@ def unavailable(variant: str, args: argparse.Namespace) -> str | None:
     """Why ``variant`` cannot run here, or None."""
     import importlib.util
 
+    if variant == "alignkit-shared-flex" and not args.device.startswith("cuda"):
+        return "FlexAttention has no backward on CPU"
     if variant == "trl-liger":
         if not args.device.startswith("cuda"):
             return "Liger-Kernel's kernels are Triton kernels (GPU only)"
@@ -303,7 +306,8 @@ def unavailable(variant: str, args: argparse.Namespace) -> str | None:
 
 
 def run_child(variant: str, opts: dict[str, Any], workdir: Path, run: int) -> dict[str, Any]:
-    """Run one variant in a fresh process with fresh caches; its measurements."""
+    """Run one variant in a fresh process with fresh caches; its measurements, or
+    ``{"failed": why}`` (its log's tail printed) so that the other variants still run."""
     here = workdir / f"{variant}-{run}"
     here.mkdir()
     opts = {**opts, "output_dir": str(here / "out")}
@@ -322,8 +326,10 @@ def run_child(variant: str, opts: dict[str, Any], workdir: Path, run: int) -> di
     with (here / "log.txt").open("w") as log:
         done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
-        sys.stderr.write((here / "log.txt").read_text()[-6000:])
-        raise SystemExit(f"variant {variant} failed (exit {done.returncode}); log above")
+        tail = (here / "log.txt").read_text()[-6000:]
+        sys.stderr.write(tail)
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        return {"failed": f"failed (exit {done.returncode}): {last.strip()[:200]}"}
     return json.loads((here / "result.json").read_text())
 
 
@@ -493,7 +499,13 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         for repeat in range(args.repeats):
             for variant in variants:  # interleaved: drift in machine speed hits all alike
+                if variant in skipped:
+                    continue
                 result = run_child(variant, opts, workdir, repeat)
+                if "failed" in result:
+                    skipped[variant] = result["failed"]
+                    runs.pop(variant)
+                    continue
                 runs[variant].append(result)
                 print(
                     f"  {variant} run {repeat + 1}/{args.repeats}: "
@@ -501,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"precompute {result['precompute_s']:.2f} s, peak {result['peak_mb']:,.1f} MB",
                     file=sys.stderr,
                 )
+        if not runs:
+            raise SystemExit("every variant failed: " + "; ".join(skipped.values()))
         peak = peak_flops(args)
         summaries = {v: summarise(r, args.last, stats, peak) for v, r in runs.items()}
         print_report(summaries, args, skipped, opts["profile"])

@@ -22,13 +22,17 @@ export ALIGNKIT_CACHE="${ALIGNKIT_CACHE:-$OUT/cache}"
 
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
     DEVICE=cpu DTYPE=fp32 GEN_DTYPE=float32 SHAPE=qwen2-small DPO_MODEL=testbed
-    DPO8=(--batch-size 2 --steps 2 --pairs 4 --variants alignkit,alignkit-shared,alignkit-compile,trl)
+    DPO8=(--batch-size 2 --steps 2 --pairs 4
+          --variants alignkit,alignkit-shared,alignkit-shared-flex,alignkit-compile,trl)
     DPO32=(--batch-size 4 --steps 1 --pairs 4 --variants alignkit,trl)
     GEN_BASE=(--n 4 --max-new-tokens 8 --batch-size 2) GEN=(--n 8 --max-new-tokens 8 --batch-size 8)
     DEMO=(--skip redteam --skip revise --skip feedback --skip train --skip evaluate)
 else
     DEVICE=cuda DTYPE=bf16 GEN_DTYPE=bfloat16 SHAPE=qwen2-0.5b DPO_MODEL=random:qwen2-0.5b
-    DPO8=(--batch-size 8 --steps 24 --pairs 192) DPO32=(--batch-size 32 --steps 8 --pairs 256)
+    # at 8 pairs every variant (prefix sharing with sdpa and with FlexAttention, compiled layers);
+    # at 32 pairs alignkit's default against the TRL settings, to fit the time
+    DPO8=(--batch-size 8 --steps 24 --pairs 192)
+    DPO32=(--batch-size 32 --steps 8 --pairs 256 --variants alignkit,trl,trl-precompute,trl-liger)
     GEN_BASE=(--n 128 --max-new-tokens 256 --batch-size 16)
     GEN=(--n 512 --max-new-tokens 256 --batch-size 128) DEMO=()
 fi

@@ -127,3 +127,32 @@ def test_training_with_shared_prompts_follows_the_same_path(tmp_path, monkeypatc
         assert bool(ran) == (shared and trainer.step > 0)  # precompute and steps, when asked
 
     run_both(tmp_path, "prefix_sharing", check)
+
+
+def test_attention_implementation_is_chosen_at_load(tmp_path, testbed_path):
+    """``attn_implementation`` reaches ``from_pretrained``: the policy runs eager attention, and
+    prefix sharing then builds the additive mask; a missing kernel package is one line, exit 2."""
+    import subprocess
+    import sys
+
+    from alignkit.dpo import DPOConfig, DPOTrainer
+    from alignkit.dpo.prefix_sharing import attention_mask
+    from alignkit.testbed import World
+    from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(preference_pairs(World(0), 8, split="train", seed=0), data)
+    config = DPOConfig(data=data, max_steps=1, batch_size=4, kl_samples=0, device="cpu",
+                       output_dir=tmp_path / "eager", attn_implementation="eager")  # fmt: skip
+    trainer = DPOTrainer("testbed", config)
+    assert forward.attention_implementation(trainer.model) == "eager"
+    layout = shared_layout(_examples(2, seed=1), pad_id=0)
+    assert attention_mask(layout, "eager", torch.float32).dtype == torch.float32
+    done = subprocess.run(
+        [sys.executable, "-m", "alignkit", "dpo", "--attn-implementation", "flash_attention_2",
+         "--data", str(data), "--output-dir", str(tmp_path / "flash"), "--max-steps", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "FlashAttention2" in lines[0] and "Traceback" not in done.stderr

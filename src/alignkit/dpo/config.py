@@ -83,6 +83,13 @@ class DPOConfig(CommandConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = Field(
+        "auto",
+        description="Attention kernels (flex_attention: block-sparse masks for prefix sharing "
+        "on GPUs; flash_attention_2/3 need their package).",
+    )
     compile: bool = Field(
         False,
         description="torch.compile each decoder layer (the head stays fused); the first steps "

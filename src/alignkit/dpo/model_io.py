@@ -25,7 +25,10 @@ def load_policy(config):
 
         spec = ModelSpec(kind="hf", path=str(ensure_testbed()))
     options = BackendOptions(
-        device=config.device, trust_remote_code=config.trust_remote_code, dtype="float32"
+        device=config.device,
+        trust_remote_code=config.trust_remote_code,
+        dtype="float32",
+        attn_implementation=config.attn_implementation,
     )
     model, tokenizer = load_pretrained(spec, options, resolve_device(config.device))
     if spec.adapter:  # continue training the given adapter

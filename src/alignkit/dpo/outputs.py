@@ -45,7 +45,7 @@ UNCHECKED = frozenset(
         "output_dir", "resume", "overwrite", "max_steps", "epochs", "save_steps",
         "eval_steps", "logging_steps", "tensorboard", "report_to", "eval_data", "kl_samples",
         "device", "trust_remote_code", "gradient_checkpointing", "select_eta", "prefix_sharing",
-        "compile",
+        "compile", "attn_implementation",
     }
 )  # fmt: skip
 

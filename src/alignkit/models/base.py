@@ -53,6 +53,12 @@ class BackendOptions(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'")
     trust_remote_code: bool = False
     batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = Field(
+        "auto",
+        description="Attention kernels of local models; 'auto': what transformers picks (sdpa).",
+    )
     kv_cache: Literal["dynamic", "static"] = Field(
         "dynamic",
         description="'dynamic': the KV cache grows per token and finished rows leave the batch; "

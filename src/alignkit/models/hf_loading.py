@@ -139,6 +139,7 @@ def load_model(
 ) -> torch.nn.Module:
     """Load the causal LM weights (safetensors preferred) onto ``device`` in eval mode."""
     check_causal(load_config(path, local_only, options.trust_remote_code), path)
+    attention = options.attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -146,8 +147,9 @@ def load_model(
             device_map=str(device),
             local_files_only=local_only,
             trust_remote_code=options.trust_remote_code,
+            **({} if attention == "auto" else {"attn_implementation": attention}),
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise ModelError(f"cannot load model {path!r}: {_first_line(exc)}") from None
     return model.eval()
 
