@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dpo_runs import run_both
 from test_dpo_forward import _examples, _llama
 
 from alignkit.data.tokenize import TokenizedExample
@@ -106,27 +105,6 @@ def test_without_a_maskable_attention_or_a_prompt_the_rows_are_used():
     )
     forward.get_log_probs(model, examples, share_prompt=True)
     assert masks[-1].dim() == 4  # the shared layout ran
-
-
-def test_training_with_shared_prompts_follows_the_same_path(tmp_path, monkeypatch):
-    """DPO on testbed pairs, reference precomputed: the same losses and final weights with
-    ``prefix_sharing`` as without (the testbed model runs sdpa), and the shared layout did run
-    (it falls back to rows silently where it cannot)."""
-    ran = []
-    shared_sums = forward._shared_sums
-
-    def spy(*args):
-        sums = shared_sums(*args)
-        ran.extend([] if sums is None else [len(sums)])
-        return sums
-
-    monkeypatch.setattr(forward, "_shared_sums", spy)
-
-    def check(trainer, shared):
-        assert forward.attention_implementation(trainer.model) == "sdpa"
-        assert bool(ran) == (shared and trainer.step > 0)  # precompute and steps, when asked
-
-    run_both(tmp_path, "prefix_sharing", check)
 
 
 def test_attention_implementation_is_chosen_at_load(tmp_path, testbed_path):
