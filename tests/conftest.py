@@ -22,14 +22,6 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers and their subprocesses
 
 
-def pytest_collection_modifyitems(config, items):
-    """Test files with a ``slow`` test first, in file order: pytest-xdist hands out whole files
-    in this order (``--dist loadfile --no-loadscope-reorder``), so the long effect tests start
-    at once instead of leaving one worker running them alone at the end."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the

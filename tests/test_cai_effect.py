@@ -15,7 +15,7 @@ from alignkit.config import load_config
 from alignkit.constitutional import CAIConfig, ConstitutionalAITrainer
 from alignkit.testbed.labeller import label
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ import pytest
 from alignkit.models.hf import HFBackend
 from alignkit.testbed import measure_behaviour
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 
 @pytest.fixture(scope="module")
 def trained(dpo_trained):

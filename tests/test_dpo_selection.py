@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from alignkit.cli import app
 from alignkit.errors import ConfigError
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_rungs_halve_the_field_and_double_the_steps():

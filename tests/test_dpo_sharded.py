@@ -30,8 +30,6 @@ from alignkit.errors import ConfigError
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 ZERO3_CONFIG = EXAMPLES / "deepspeed-zero3.yaml"
 STEPS = 3
 

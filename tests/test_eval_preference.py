@@ -15,8 +15,6 @@ from alignkit.evaluation.preference import PreferenceAlignmentEvaluator, _outcom
 from alignkit.evaluation.suites import testbed_suite as make_suite
 from alignkit.models import load_backend
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 
 @pytest.fixture(scope="module")
 def dpo_backend(dpo_trained):

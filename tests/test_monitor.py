@@ -26,7 +26,7 @@ from alignkit.cli import app
 from alignkit.monitor import Monitor, MonitorConfig, log_mixture_lr, scan, threshold
 from alignkit.testbed import content as C
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GEN = {"max_new_tokens": 32, "temperature": 1.0, "seed": 0}
 

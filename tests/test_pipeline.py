@@ -21,8 +21,6 @@ from alignkit.pipeline.config import STAGES, DemoConfig, PipelineConfig
 from alignkit.pipeline.report import PipelineReport
 from alignkit.pipeline.runner import AlignmentPipeline
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 EVIL = "<script>document.body.setAttribute('data-pwned','1')</script>"
 EVIL_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">"
 

@@ -18,8 +18,6 @@ from alignkit.redteam.campaign import RedTeaming
 from alignkit.redteam.evaluator import RedTeamingEvaluator
 from alignkit.redteam.store import CampaignStore
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 TEMPLATES = (
     "templates",
     {

@@ -15,7 +15,7 @@ from alignkit.safety.constrained import (
 )
 from alignkit.testbed.labeller import label
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pair(chosen_safe, rejected_safe):

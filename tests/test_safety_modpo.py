@@ -13,7 +13,7 @@ from alignkit.safety.modpo import check_weights, modpo_records, modpo_sweep
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LengthReward:

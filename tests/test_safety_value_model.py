@@ -29,7 +29,7 @@ from alignkit.safety.value_model import (
 from alignkit.testbed import World, wrap
 from alignkit.testbed import content as C
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _nls(x: float) -> float:

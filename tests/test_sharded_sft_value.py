@@ -29,8 +29,6 @@ from alignkit.errors import ConfigError
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
-pytestmark = pytest.mark.slow  # its file runs first (conftest.py)
-
 SFT_STEPS = 3  # 24 pairs in global batches of 8
 
 
