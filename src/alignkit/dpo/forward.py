@@ -218,17 +218,19 @@ def get_log_probs(
     """
     device = next(model.parameters()).device
     rows, lengths, where = batch_rows(examples)
-    starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion token
-    ids, mask = pad_token_ids(rows, pad_id, left=False)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     name = _keep_argument(model)
     head = fusable_head(model) if fused and name is not None else None
     sums = _shared_sums(model, examples, pad_id, name, head) if share_prompt else None
-    if sums is None and head is not None:
-        sums = _fused_sums(model, head, name, ids, mask, positions, starts, lengths)
-    if sums is None:
-        sums = _plain_sums(model, name, ids, mask, positions, starts, lengths)
+    if sums is None:  # one padded row per completion
+        starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion
+        ids, mask = pad_token_ids(rows, pad_id, left=False)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        args = (ids, mask, positions, starts, lengths)
+        if head is not None:
+            sums = _fused_sums(model, head, name, *args)
+        if sums is None:
+            sums = _plain_sums(model, name, *args)
     lens = torch.tensor(lengths, device=device).unsqueeze(1)
     n_examples = len(examples)
     n_completions = max(len(ex.completion_ids) for ex in examples)
