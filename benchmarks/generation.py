@@ -85,6 +85,19 @@ def median_run(runs: list[tuple[float, list]]) -> tuple[float, list]:
     return sorted(runs, key=lambda run: run[0])[len(runs) // 2]
 
 
+def compare(console: Console, args, run: tuple[float, list], other: tuple[float, list]) -> None:
+    """Print both caches' batched tokens/s, their ratio and how many completions agree."""
+    rates = []
+    for name, (secs, outs) in ((args.kv_cache, run), (args.compare_with, other)):
+        tokens = sum(c.num_tokens for c in outs)
+        rates.append(tokens / secs)
+        console.print(f"{name} cache, batch {args.batch_size}: {tokens} tokens in {secs:.2f} s: "
+                      f"{tokens / secs:,.1f} tokens/s")  # fmt: skip
+    same = sum(a.text == b.text for a, b in zip(run[1], other[1], strict=True))
+    console.print(f"{args.kv_cache} / {args.compare_with}: {rates[0] / rates[1]:.2f}x tokens/s; "
+                  f"identical completions {same}/{len(run[1])}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run both modes and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,8 +113,13 @@ def main(argv: list[str] | None = None) -> None:
         "--batched-only", action="store_true", help="skip one-at-a-time (large --n on GPUs)"
     )
     parser.add_argument(
-        "--kv-cache", choices=["dynamic", "static"], default="dynamic",
-        help="static: preallocated cache, decoding steps compiled into CUDA graphs on CUDA",
+        "--kv-cache", choices=["dynamic", "static", "paged"], default="dynamic",
+        help="static: preallocated cache, decoding steps compiled into CUDA graphs on CUDA; "
+        "paged: transformers' continuous batching",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare-with", choices=["dynamic", "static", "paged"],
+        help="also time this KV cache, batched, interleaved with --kv-cache: prints the ratio",
     )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--peak-gbps", type=float, help="memory bandwidth (default: by GPU name)")
@@ -126,10 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     warm_tokens = args.max_new_tokens if args.kv_cache == "static" else 4
     backend.generate(warm, config.model_copy(update={"max_new_tokens": warm_tokens}))
 
+    other = None
+    if args.compare_with:
+        other = load_backend(model, batch_size=args.batch_size, device=args.device,
+                             dtype=args.dtype, kv_cache=args.compare_with)  # fmt: skip
+        other.generate(warm, config.model_copy(update={"max_new_tokens": warm_tokens}))
+
     # Interleaved repeats, median of each: this shared machine's load drifts between runs.
-    batched_runs, single_runs = [], []
+    batched_runs, single_runs, other_runs = [], [], []
     for _ in range(args.repeats):
         batched_runs.append(timed(lambda: backend.generate(prompts, config, progress=False)))
+        if other is not None:
+            other_runs.append(timed(lambda: other.generate(prompts, config, progress=False)))
         if not args.batched_only:
             single_runs.append(timed(lambda: [backend.generate([p], config)[0] for p in prompts]))
     batched_s, batched = median_run(batched_runs)
@@ -145,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"decoding steps: {bound['achieved_gbps']:,.1f} GB/s"
                   + (f", {fraction:.1%} of the {bound['peak_gbps']:,.0f} GB/s peak" if fraction
                      else " (peak unknown: --peak-gbps)"))  # fmt: skip
+    if other is not None:
+        compare(console, args, (batched_s, batched), median_run(other_runs))
+        other.close()
     if args.batched_only:
         console.print(f"batched ({args.batch_size}, {args.kv_cache} cache): {len(prompts)} "
                       f"prompts, {tokens} tokens in {batched_s:.2f} s: "

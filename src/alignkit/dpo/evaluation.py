@@ -16,7 +16,7 @@ from transformers import LogitsProcessorList
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.models.base import GenerationConfig
-from alignkit.models.hf import pad_token_ids
+from alignkit.models.hf_padding import pad_token_ids
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.sampling import sample_keys
 

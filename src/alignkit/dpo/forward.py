@@ -26,7 +26,7 @@ from alignkit.dpo.prefix_sharing import (
     attention_mask,
     shared_layout,
 )
-from alignkit.models.hf import pad_token_ids
+from alignkit.models.hf_padding import pad_token_ids
 
 
 @dataclass

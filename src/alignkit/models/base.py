@@ -59,11 +59,13 @@ class BackendOptions(BaseModel):
         "auto",
         description="Attention kernels of local models; 'auto': what transformers picks (sdpa).",
     )
-    kv_cache: Literal["dynamic", "static"] = Field(
+    kv_cache: Literal["dynamic", "static", "paged"] = Field(
         "dynamic",
         description="'dynamic': the KV cache grows per token and finished rows leave the batch; "
         "'static': preallocated, so that on CUDA transformers compiles each decoding step into "
-        "CUDA graphs (torch.compile; the first batches wait for the compiler).",
+        "CUDA graphs (torch.compile; the first batches wait for the compiler); 'paged': "
+        "transformers' continuous batching over a paged cache (requests join and leave the "
+        "batch token by token; batch_size caps requests per forward pass).",
     )
     use_chat_template: bool = Field(
         True, description="Render prompts with the tokenizer's chat template (False: raw text)."

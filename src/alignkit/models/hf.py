@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import transformers
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from alignkit.errors import ModelError
 from alignkit.models import hf_whitebox
@@ -43,6 +43,8 @@ from alignkit.models.base import (
     as_messages,
 )
 from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
+from alignkit.models.hf_padding import StopOnStrings, pad_token_ids
+from alignkit.models.hf_paged import check_available, generate_paged
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.hf_static import cache_length, generate_static
 from alignkit.models.sampling import sample_keys
@@ -62,40 +64,6 @@ def _plain_render(messages: list[Message]) -> str:
     if messages[-1]["role"] == "assistant":
         return "\n".join(lines)
     return "\n".join([*lines, "Assistant:"])
-
-
-class _StopOnStrings(StoppingCriteria):
-    """Marks a sequence finished as soon as its generated text holds a stop string.
-
-    Generated text starts at column ``start`` (the batch is left-padded); only the last few
-    tokens are decoded each step, so a stop string is caught the step it appears.
-    """
-
-    def __init__(self, tokenizer, stops: Sequence[str], start: int) -> None:
-        self.tokenizer = tokenizer
-        self.stops = list(stops)
-        self.start = start
-        self.window = 4 * max(len(s) for s in stops) + 4
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        start = max(self.start, input_ids.shape[1] - self.window)
-        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-        hits = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
-
-
-def pad_token_ids(
-    seqs: Sequence[list[int]], pad_id: int, left: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token id lists to one ``[batch, max_len]`` tensor; return ``(ids, attention_mask)``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
-        mask[row, cols] = 1
-    return ids, mask
 
 
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
@@ -134,6 +102,8 @@ class HFBackend:
         return backend
 
     def _setup(self, model, tokenizer, options, name, device, spec) -> None:
+        if options.kv_cache == "paged":
+            check_available()  # before any prompt waits on it
         self.spec = spec
         self.options = options
         self.name = name
@@ -284,9 +254,10 @@ class HFBackend:
         """One completion per prompt, in input order.
 
         Prompts are sorted by length and generated in left-padded batches of
-        ``options.batch_size``. ``config.temperature == 0`` is greedy decoding. Otherwise each
-        prompt is sampled with its own randomness, keyed on (``config.seed``, the prompt, its
-        occurrence among equal prompts of this call) by the rule of
+        ``options.batch_size`` (``kv_cache="paged"``: continuous batching,
+        :mod:`~alignkit.models.hf_paged`). ``config.temperature == 0`` is greedy decoding.
+        Otherwise each prompt is sampled with its own randomness, keyed on (``config.seed``,
+        the prompt, its occurrence among equal prompts of this call) by the rule of
         :mod:`alignkit.models.sampling`, so a completion does not depend on the batch size, the
         order of the prompts or the other prompts of the call; ``seed=None`` draws a fresh seed
         from torch's global RNG. A completion ends at an end-of-turn token, at a stop string
@@ -303,8 +274,12 @@ class HFBackend:
             if seed is None:
                 seed = int(torch.randint(0, 2**62, ()).item())
             keys = list(sample_keys(prompts, seed))
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         stops = self.stop_strings(config)
+        if self.options.kv_cache == "paged":
+            show = len(encoded) >= 4 * self.options.batch_size if progress is None else progress
+            rows = generate_paged(self, encoded, keys, config, show)
+            return [self._finish(row, stops, config.max_new_tokens) for row in rows]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         batches = list(_batches(order, self.options.batch_size))
         cache_len = None  # a static cache is sized once for the call's widest prompt
@@ -381,7 +356,7 @@ class HFBackend:
     def _decode(self, ids, mask, hf_config, stops: list[str], width: int, processors, cache=None):
         """One ``model.generate`` call on a left-padded batch whose generated text starts at
         column ``width`` (stop strings are looked for from there), continuing ``cache``."""
-        criteria = [_StopOnStrings(self.tokenizer, stops, width)] if stops else []
+        criteria = [StopOnStrings(self.tokenizer, stops, width)] if stops else []
         with torch.inference_mode():
             return self.model.generate(
                 input_ids=ids,

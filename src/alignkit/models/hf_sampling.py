@@ -57,27 +57,55 @@ def key_words(keys: list[int], device: torch.device | str = "cpu") -> torch.Tens
     return torch.tensor([[k >> 32, k & _MASK] for k in keys], dtype=torch.long, device=device)
 
 
-def uniform_bits(words: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """``[rows, vocab]`` int64 hashes in [0, 2**32), a function of (row key, step, token) only."""
+def row_words(words: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """``[rows]`` int64 words in [0, 2**32): one per (row key, step). ``step`` is one int for all
+    rows or an int64 tensor with each row's own step (continuous batching)."""
     h = _fmix32(words[:, 0] ^ _GOLDEN)
     h = _fmix32(h ^ words[:, 1])
-    row = _fmix32(h ^ (step & _MASK))  # one 32-bit word per row and step
+    return _fmix32(h ^ (step & _MASK))
+
+
+def token_bits(row: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``[rows, vocab]`` int64 hashes in [0, 2**32) of each row word and token id."""
     salt = _fmix32(row ^ _GOLDEN)
-    tokens = torch.arange(vocab, device=words.device, dtype=torch.long)
+    tokens = torch.arange(vocab, device=row.device, dtype=torch.long)
     return _fmix32(_fmix32(row[:, None] ^ tokens[None, :]) ^ salt[:, None])
 
 
-def gumbel_noise(words: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise ``-log(-log U)`` in float32, ``U = (bits + 0.5) / 2**32``.
+def uniform_bits(words: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """``[rows, vocab]`` int64 hashes in [0, 2**32), a function of (row key, step, token) only."""
+    return token_bits(row_words(words, step), vocab)
+
+
+def gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log U)`` in float32 from 32-bit hashes,
+    ``U = (bits + 0.5) / 2**32``.
 
     ``-log U`` is computed from whichever of ``U`` and ``1 - U`` is smaller, so float32 keeps
     its precision at both ends (``U`` close to 1 would otherwise round to 1 and give infinity).
     """
-    bits = uniform_bits(words, step, vocab)
     low = bits < 2**31
     tail = (torch.where(low, bits, _MASK - bits).to(torch.float32) + 0.5) * 2.0**-32
     exponential = torch.where(low, -torch.log(tail), -torch.log1p(-tail))
     return -torch.log(exponential)
+
+
+def gumbel_noise(words: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Each row's standard Gumbel noise over the vocabulary at ``step`` (float32)."""
+    return gumbel_from_bits(uniform_bits(words, step, vocab))
+
+
+def sampling_warpers(config: GenerationConfig) -> list[LogitsProcessor]:
+    """transformers' temperature, top-k and top-p warpers for ``config``, in the order
+    ``do_sample=True`` applies them."""
+    warpers: list[LogitsProcessor] = []
+    if config.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(config.temperature))
+    if config.top_k > 0:
+        warpers.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    return warpers
 
 
 class GumbelSampler(LogitsProcessor):
@@ -89,13 +117,7 @@ class GumbelSampler(LogitsProcessor):
     """
 
     def __init__(self, config: GenerationConfig, keys: list[int], start: int, device) -> None:
-        self.warpers: list[LogitsProcessor] = []
-        if config.temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k > 0:
-            self.warpers.append(TopKLogitsWarper(config.top_k))
-        if config.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(config.top_p))
+        self.warpers = sampling_warpers(config)
         self.words = key_words(keys, device)
         self.start = start
 

@@ -75,7 +75,7 @@ def generate_static(
 ) -> list[list[int]]:
     """The generated token ids of each row of one batch, decoded with a static cache in one
     ``generate`` call of ``config.max_new_tokens`` steps (rows that end early are padded)."""
-    from alignkit.models.hf import pad_token_ids
+    from alignkit.models.hf_padding import pad_token_ids
 
     rows = len(encoded)
     extra = padded_rows(rows, backend.options.batch_size) - rows

@@ -1,0 +1,42 @@
+"""Padding token id lists into batches, and stopping a padded batch's rows at stop strings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import StoppingCriteria
+
+
+class StopOnStrings(StoppingCriteria):
+    """Marks a sequence finished as soon as its generated text holds a stop string.
+
+    Generated text starts at column ``start`` (the batch is left-padded); only the last few
+    tokens are decoded each step, so a stop string is caught the step it appears.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], start: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.start = start
+        self.window = 4 * max(len(s) for s in stops) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        start = max(self.start, input_ids.shape[1] - self.window)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        hits = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+def pad_token_ids(
+    seqs: Sequence[list[int]], pad_id: int, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to one ``[batch, max_len]`` tensor; return ``(ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
