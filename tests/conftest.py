@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -53,32 +58,89 @@ def testbed_backend(testbed_path):
     backend.close()
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(directory)`` once per test run, also across pytest-xdist's workers: the first
+    worker that asks builds under a file lock in the run's own temporary root (shared by the
+    workers, new every run); the others wait for it and read what it built (pytest-xdist's
+    recipe for a session fixture that runs once). Without xdist: once per session."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N, above this worker's popen-gwK
+    out = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (out / ".built").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a build that failed half-way
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
+@pytest.fixture(scope="session")
+def testbed_behaviour(tmp_path_factory, testbed_backend):
+    """``measure_behaviour(testbed, n=200, seed=0)`` of the built testbed model: measured once
+    per run for the testbed's own targets and as the "before" of the DPO effect."""
+
+    def build(out: Path) -> None:
+        from alignkit.testbed import measure_behaviour
+
+        report = measure_behaviour(testbed_backend, n=200, seed=0)
+        (out / "behaviour.pkl").write_bytes(pickle.dumps(report))
+
+    path = built_once(tmp_path_factory, "testbed-behaviour", build) / "behaviour.pkl"
+    return pickle.loads(path.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def testbed_cost_model(tmp_path_factory, testbed_path):
+    """The directory of a cost model on 256 train-split harmless pairs of the testbed world (lr
+    1e-3, batch 16, one epoch), trained once per run (see ``built_once``)."""
+
+    def build(out: Path) -> None:
+        from alignkit.safety import data as safety_data
+        from alignkit.safety.value_model import ValueModelConfig, train_value_model
+
+        config = ValueModelConfig(kind="cost", learning_rate=1e-3, batch_size=16, device="cpu")
+        pairs = safety_data.testbed_value_pairs(256, "harmless", "train")
+        train_value_model(config, pairs, progress=False).save(out / "model")
+
+    return built_once(tmp_path_factory, "testbed-cost-model", build) / "model"
+
+
 @pytest.fixture(scope="session")
 def dpo_trained(tmp_path_factory, testbed_path):
-    """The testbed model after DPO on testbed preference pairs (150 steps, about 20 s).
+    """The testbed model after DPO on testbed preference pairs (150 steps), trained once per
+    run (see ``built_once``).
 
-    Returns ``(trainer, metrics, root)``: ``root`` holds ``train.jsonl``, ``eval.jsonl``
-    (held-out pairs) and ``run/``; the trained model is saved in ``root / "model"``.
+    Returns ``(metrics, root)``: ``metrics`` are what training returned; ``root`` holds
+    ``train.jsonl``, ``eval.jsonl`` (held-out pairs) and ``run/``; the trained model is saved in
+    ``root / "model"``.
     """
-    from alignkit.dpo import DPOConfig, DPOTrainer
-    from alignkit.testbed import World
-    from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
-    root = tmp_path_factory.mktemp("dpo-trained")
-    write_jsonl(preference_pairs(World(0), 512, split="train", seed=0), root / "train.jsonl")
-    write_jsonl(preference_pairs(World(0), 64, split="heldout", seed=1), root / "eval.jsonl")
-    config = DPOConfig(
-        data=root / "train.jsonl",
-        eval_data=root / "eval.jsonl",
-        output_dir=root / "run",
-        max_steps=150,
-        batch_size=16,
-        learning_rate=5e-4,
-        beta=0.1,
-        kl_samples=32,
-        device="cpu",
-    )
-    trainer = DPOTrainer(f"hf:{testbed_path}", config)
-    metrics = trainer.train()
-    trainer.save_model(root / "model")
-    return trainer, metrics, root
+    def build(root: Path) -> None:
+        from alignkit.dpo import DPOConfig, DPOTrainer
+        from alignkit.testbed import World
+        from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+        write_jsonl(preference_pairs(World(0), 512, split="train", seed=0), root / "train.jsonl")
+        write_jsonl(preference_pairs(World(0), 64, split="heldout", seed=1), root / "eval.jsonl")
+        config = DPOConfig(
+            data=root / "train.jsonl",
+            eval_data=root / "eval.jsonl",
+            output_dir=root / "run",
+            max_steps=150,
+            batch_size=16,
+            learning_rate=5e-4,
+            beta=0.1,
+            kl_samples=32,
+            device="cpu",
+        )
+        trainer = DPOTrainer(f"hf:{testbed_path}", config)
+        metrics = trainer.train()
+        trainer.save_model(root / "model")
+        (root / "metrics.json").write_text(json.dumps(metrics))
+
+    root = built_once(tmp_path_factory, "dpo-trained", build)
+    return json.loads((root / "metrics.json").read_text()), root

@@ -44,7 +44,30 @@ def prefs(tmp_path_factory, testbed_path):
     return root
 
 
-def test_selection_is_within_a_point_of_the_best_full_run_at_half_the_compute(prefs):
+@pytest.fixture
+def reference_scored_once(monkeypatch):
+    """The race and this test score 12 models on the same 512 held-out pairs against the same
+    frozen reference (the testbed model, loaded from disk each time): its log-probs of a batch
+    are computed the first time and the same tensors handed back after (as the trainer's own
+    precomputed-reference cache does), keyed by the reference's weight files and every token."""
+    from alignkit.dpo import forward
+    from alignkit.dpo.reference import data_fingerprint, model_fingerprint
+
+    compute, seen = forward.get_ref_log_probs, {}
+
+    def scored_once(reference, examples, pad_id=0, share_prompt=False):
+        key = (model_fingerprint(reference), data_fingerprint(examples), pad_id, share_prompt)
+        if key not in seen:
+            seen[key] = compute(reference, examples, pad_id, share_prompt)
+        return seen[key]
+
+    monkeypatch.setattr(forward, "get_ref_log_probs", scored_once)
+    return seen
+
+
+def test_selection_is_within_a_point_of_the_best_full_run_at_half_the_compute(
+    prefs, reference_scored_once
+):
     from alignkit.dpo import DPOConfig, DPOTrainer
     from alignkit.dpo.selection import heldout_accuracy, select_method
 

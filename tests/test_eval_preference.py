@@ -18,7 +18,7 @@ from alignkit.models import load_backend
 
 @pytest.fixture(scope="module")
 def dpo_backend(dpo_trained):
-    _, _, root = dpo_trained
+    _, root = dpo_trained
     backend = load_backend(f"hf:{root / 'model'}", batch_size=64, device="cpu")
     yield backend
     backend.close()
@@ -87,7 +87,7 @@ def test_dpo_model_wins_on_harmful_prompts_and_bias_is_reported(
 def test_implicit_reward_accuracy_of_dpo_model_on_heldout_pairs(
     dpo_trained, dpo_backend, testbed_backend, cache
 ):
-    _, _, root = dpo_trained
+    _, root = dpo_trained
     pairs = load_pairs(root / "eval.jsonl")
     evaluator = PreferenceAlignmentEvaluator(dpo_backend, reference=testbed_backend, cache=cache)
     result = evaluator.implicit_reward_accuracy(pairs)

@@ -11,6 +11,7 @@ HTTP server that counts POSTs (or hangs).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from fault_server import FaultyTestbed
 from typer.testing import CliRunner
 
 from alignkit.cli import app
-from alignkit.monitor import Monitor, MonitorConfig, log_mixture_lr, scan, threshold
+from alignkit.monitor import Monitor, MonitorConfig, log_mixture_lr, scan, sequential, threshold
 from alignkit.testbed import content as C
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,10 +41,13 @@ def test_mixture_lr_is_zero_evidence_at_the_start_and_grows_with_bad_outcomes():
     assert log_mixture_lr(5, 20, 0.5) < 0  # evidence against a rise
 
 
-def test_false_alarms_stay_under_alpha_and_a_jump_is_caught_in_three_rounds():
+def test_false_alarms_stay_under_alpha_and_a_jump_is_caught_in_three_rounds(monkeypatch):
     """300 seeded series of 30 rounds x 20 trials at the bound itself (the worst case of the
     null): the union-bound design allows at most alpha = 0.05 of them to alarm; a jump from
     the bound 0.54 to 0.88 is caught within three rounds in nearly every series."""
+    # the scans ask the pure log_mixture_lr(k, n, p0) ~138,000 times for ~1,600 distinct
+    # arguments (scipy's beta tail, ~10 s); remembered, the same values come back in ~0.3 s
+    monkeypatch.setattr(sequential, "log_mixture_lr", functools.cache(log_mixture_lr))
     rng, p0, level = random.Random(0), 0.54, threshold(0.05, horizon=30, metrics=1)
     false_alarms = 0
     for _ in range(300):
@@ -116,15 +120,9 @@ def baseline(tmp_path_factory, testbed_path):
 
 
 @pytest.fixture(scope="module")
-def cost_model(tmp_path_factory, testbed_path):
-    from alignkit.safety import data as safety_data
-    from alignkit.safety.value_config import ValueModelConfig
-    from alignkit.safety.value_model import train_value_model
-
-    config = ValueModelConfig(kind="cost", learning_rate=1e-3, batch_size=16, device="cpu")
-    model = train_value_model(config, safety_data.testbed_value_pairs(256, "harmless", "train"),
-                              progress=False)  # fmt: skip
-    return model.save(tmp_path_factory.mktemp("cost") / "model")
+def cost_model(testbed_cost_model):
+    """A cost model on 256 train-split harmless pairs, saved (conftest)."""
+    return testbed_cost_model
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from alignkit.errors import ConfigError
@@ -90,6 +92,11 @@ def test_the_constraint_is_met_where_plain_dpo_misses_it(tmp_path):
     # harmful pair
     common = {"learning_rate": 5e-4, "epochs": 2, "device": "cpu", "eval_n": 50, "threshold": 0.5}
     plain = SafetyAlignment(output_dir=tmp_path / "plain", rounds=1, **common).train()
+    # plain DPO is the constrained run's first round (the same cost model, the same relabelling
+    # at lambda_init, the same seed): the constrained run starts from those two, kept in its
+    # directory as an interrupted run keeps them, instead of training them again
+    for done in ("cost_model", "round-1"):
+        shutil.copytree(tmp_path / "plain" / done, tmp_path / "c" / done)
     constrained = SafetyAlignment(output_dir=tmp_path / "c", rounds=3, **common).train()
     print("plain", plain.history, "constrained", constrained.history)
     truth_plain, truth = plain.history[-1]["independent"], constrained.history[-1]["independent"]

@@ -8,7 +8,6 @@ from alignkit.errors import ConfigError
 from alignkit.evaluation.suites import load_suite
 from alignkit.models.base import Completion, GenerationConfig, ModelBackend
 from alignkit.redteam.base import build_judge
-from alignkit.safety import data as safety_data
 from alignkit.safety.guardrail import (
     DEFAULT_FALLBACK,
     CostModelCheck,
@@ -19,7 +18,7 @@ from alignkit.safety.guardrail import (
     evaluate_guardrail,
     robustness_check,
 )
-from alignkit.safety.value_model import ValueModelConfig, train_value_model
+from alignkit.safety.value_model import ValueModel
 from alignkit.testbed import World, wrap
 from alignkit.testbed import content as C
 
@@ -125,11 +124,9 @@ def test_judge_and_cost_checks_are_batched_and_threshold_right():
 
 
 @pytest.fixture(scope="module")
-def cost_model(testbed_path):
-    """A cost model on 256 train-split harmless pairs (lr 1e-3, one epoch)."""
-    config = ValueModelConfig(kind="cost", learning_rate=1e-3, batch_size=16, device="cpu")
-    train = safety_data.testbed_value_pairs(256, "harmless", "train")
-    return train_value_model(config, train, progress=False)
+def cost_model(testbed_cost_model):
+    """A cost model on 256 train-split harmless pairs (lr 1e-3, one epoch; conftest)."""
+    return ValueModel.load(testbed_cost_model, device="cpu")
 
 
 def test_cost_model_guardrail_cuts_harm_on_the_testbed(testbed_backend, cost_model):

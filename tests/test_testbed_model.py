@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alignkit.models import GenerationConfig, load_backend
-from alignkit.testbed import TestbedConfig, build_testbed, ensure_testbed, measure_behaviour
+from alignkit.testbed import TestbedConfig, build_testbed, ensure_testbed
 
 TINY = {
     "hidden_size": 32,
@@ -54,8 +54,8 @@ def test_testbed_loads_as_plain_hf_model(testbed_path):
 
 
 @pytest.fixture(scope="module")
-def behaviour(testbed_backend):
-    return measure_behaviour(testbed_backend, n=200, seed=0)
+def behaviour(testbed_behaviour):
+    return testbed_behaviour  # measure_behaviour(testbed, n=200, seed=0), shared (conftest)
 
 
 def test_testbed_is_a_helpful_only_assistant(behaviour):
