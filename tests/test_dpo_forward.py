@@ -56,12 +56,12 @@ def _examples(n: int, seed: int):
     return [TokenizedExample(ids(2, 9), [ids(1, 7), ids(1, 11)], f"ex{i}") for i in range(n)]
 
 
-def _llama(seed: int = 0, tie: bool = False):
+def _llama(seed: int = 0, tie: bool = False, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          tie_word_embeddings=tie)  # fmt: skip
     return LlamaForCausalLM(config)
 
@@ -108,3 +108,28 @@ def test_soft_capped_or_scaled_heads_are_not_fused():
     assert fusable_head(model) is model.lm_head
     model.config.final_logit_softcapping = 30.0
     assert fusable_head(model) is None
+
+
+@pytest.mark.parametrize("path", ["plain", "fused", "shared"])
+def test_compiled_layers_run_one_graph_for_every_layer(path, monkeypatch):
+    """A forward builds no KV cache, so the compiled decoder layers need no graph per layer: a
+    cache slot per layer made torch recompile for each, and past torch's recompile limit (8) the
+    remaining layers of a real model ran eager. Any recompilation fails here. (Graphs are
+    captured, not code-generated: recompiling is the compiler front end's decision; the
+    inductor's code is checked in test_dpo_same_path.)"""
+    from alignkit.dpo.model_io import compile_layers
+
+    compile_module = torch.nn.Module.compile
+
+    def capture_only(module, **options):
+        compile_module(module, backend="eager", **options)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", capture_only)
+    model, examples = _llama(layers=3), _examples(4, seed=5)
+    assert compile_layers(model) == 3
+    torch._dynamo.reset()  # no graphs left from other tests of this process
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = forward.get_log_probs(model, examples, pad_id=0, fused=path != "plain",
+                                    share_prompt=path == "shared")  # fmt: skip
+        out.logps.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

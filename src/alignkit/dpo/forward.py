@@ -26,7 +26,7 @@ from alignkit.dpo.prefix_sharing import (
     attention_mask,
     shared_layout,
 )
-from alignkit.models.hf_padding import pad_token_ids
+from alignkit.models.hf_padding import no_cache, pad_token_ids
 
 
 @dataclass
@@ -126,6 +126,7 @@ def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Ten
     first = max(min(starts) - 1, 0)  # the first position whose logits are needed
     keep = ids.shape[1] - first
     kwargs = {name: keep} if name is not None else {}
+    kwargs |= no_cache(model)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
     if logits.shape[1] != keep:  # the model ignored logits_to_keep (or has no such argument)
         logits = logits[:, -keep:]
@@ -143,7 +144,7 @@ def _head_input(model, head, name, ids, mask, positions) -> torch.Tensor | None:
     model's last hidden state is not what its head reads (checked on the one position whose
     logits the forward returns; the head is then marked never to be fused again)."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                output_hidden_states=True, **{name: 1})  # fmt: skip
+                output_hidden_states=True, **{name: 1}, **no_cache(model))  # fmt: skip
     hidden = out.hidden_states[-1]
     with torch.no_grad():
         expected = out.logits[:, -1].float()
@@ -173,6 +174,7 @@ def _shared_sums(model, examples, pad_id, name, head) -> torch.Tensor | None:
         logps = linear_token_log_probs(hidden[layout.row, layout.at], head, layout.target)
     else:
         kwargs = {name: 0} if name is not None else {}  # 0: the logits of every position
+        kwargs |= no_cache(model)
         out = model(input_ids=layout.ids, attention_mask=mask, position_ids=layout.positions,
                     **kwargs)  # fmt: skip
         picked = out.logits[layout.row, layout.at]

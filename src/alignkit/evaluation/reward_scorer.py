@@ -64,6 +64,8 @@ class RewardModelScorer:
     def rewards(self, items: Sequence[EvalItem], responses: Sequence[str]) -> list[float]:
         import torch
 
+        from alignkit.models.hf_padding import no_cache
+
         texts = [self.text(i, r) for i, r in zip(items, responses, strict=True)]
         out: list[float] = []
         with torch.no_grad():
@@ -74,7 +76,7 @@ class RewardModelScorer:
                     padding=True,
                     truncation=True,
                 ).to(self.device)
-                out += self.model(**batch).logits[:, 0].float().tolist()
+                out += self.model(**batch, **no_cache(self.model)).logits[:, 0].float().tolist()
         return out
 
     def score(self, items: Sequence[EvalItem], responses: Sequence[str]) -> list[Scores]:

@@ -43,7 +43,7 @@ from alignkit.models.base import (
     as_messages,
 )
 from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
-from alignkit.models.hf_padding import StopOnStrings, pad_token_ids
+from alignkit.models.hf_padding import StopOnStrings, no_cache, pad_token_ids
 from alignkit.models.hf_paged import check_available, generate_paged
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.hf_static import cache_length, generate_static
@@ -459,7 +459,9 @@ class HFBackend:
         ids, mask = pad_token_ids([p + c for p, c in pairs], self.pad_id, left=False)
         with torch.inference_mode():
             logits = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                **no_cache(self.model),
             ).logits
         results = []
         for row, (prompt_ids, completion_ids) in enumerate(pairs):

@@ -158,6 +158,8 @@ class MeanPooledEncoder:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
+        from alignkit.models.hf_padding import no_cache
+
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
@@ -167,7 +169,7 @@ class MeanPooledEncoder:
                 max_length=self.max_length,
                 return_tensors="pt",
             ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
+            hidden = self.model(**batch, **no_cache(self.model)).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
         return torch.cat(out).float().cpu()

@@ -153,7 +153,10 @@ class ValueModel:
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        from alignkit.models.hf_padding import no_cache
+
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         **no_cache(self.model))  # fmt: skip
         return out.logits[:, 0].float()
 
     @torch.no_grad()
