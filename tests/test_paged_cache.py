@@ -84,9 +84,37 @@ def test_an_engine_failure_is_one_backend_error(testbed_path, monkeypatch):
     def fail(self, scores, tensor_arg):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(hf_paged.PagedGumbelSampler, "__call__", fail)
     backend = load_backend("testbed", device="cpu", batch_size=4, kv_cache="paged")
+    attention = backend.model.config._attn_implementation
+    expected = backend.generate(["hello", "there"], SAMPLED)
+    monkeypatch.setattr(hf_paged.PagedGumbelSampler, "__call__", fail)
     with pytest.raises(BackendError, match="kernel exploded"):
         backend.generate(["hello", "there"], SAMPLED)
-    assert backend.generate(["hello"], GREEDY)[0].text  # greedy has no sampler: still works
+    assert backend._paged.manager is None  # the failed engine is gone
+    assert backend.model.config._attn_implementation == attention
+    monkeypatch.undo()
+    assert backend.generate(["hello", "there"], SAMPLED) == expected  # a new engine
     backend.close()
+
+
+def test_one_engine_serves_the_backends_calls(testbed_path):
+    """The engine (its pages and batch tensors) is kept from call to call: sampled, greedy and
+    shorter calls reuse it; a call that needs more pages builds a larger one; close releases it.
+    Every call generates what a fresh backend generates."""
+    prompts = _testbed_prompts()[:12]
+    short = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=5)
+    calls = [(prompts, SAMPLED), (prompts[:3], GREEDY), (prompts[5:], short)]
+    fresh = [_outputs("testbed", p, c, batch_size=4, kv_cache="paged") for p, c in calls]
+    backend = load_backend("testbed", device="cpu", batch_size=4, kv_cache="paged")
+    engines = []
+    for (batch, config), expected in zip(calls, fresh, strict=True):
+        out = [(c.text, c.num_tokens, c.finish_reason) for c in backend.generate(batch, config)]
+        assert out == expected
+        engines.append(backend._paged.manager)
+    assert engines[0] is engines[1] is engines[2] and not engines[0].is_running()
+    longer = GenerationConfig(max_new_tokens=4 * SAMPLED.max_new_tokens, temperature=0.0)
+    pages = backend._paged.pages
+    backend.generate(prompts[:2], longer)
+    assert backend._paged.manager is not engines[0] and backend._paged.pages > pages
+    backend.close()
+    assert backend._paged is not None and backend._paged.manager is None

@@ -44,7 +44,7 @@ from alignkit.models.base import (
 )
 from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
 from alignkit.models.hf_padding import StopOnStrings, no_cache, pad_token_ids
-from alignkit.models.hf_paged import check_available, generate_paged
+from alignkit.models.hf_paged import PagedEngine
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.hf_static import cache_length, generate_static
 from alignkit.models.sampling import sample_keys
@@ -102,8 +102,8 @@ class HFBackend:
         return backend
 
     def _setup(self, model, tokenizer, options, name, device, spec) -> None:
-        if options.kv_cache == "paged":
-            check_available()  # before any prompt waits on it
+        # a missing continuous batching fails here, before any prompt waits on it
+        self._paged = PagedEngine(self) if options.kv_cache == "paged" else None
         self.spec = spec
         self.options = options
         self.name = name
@@ -275,9 +275,9 @@ class HFBackend:
                 seed = int(torch.randint(0, 2**62, ()).item())
             keys = list(sample_keys(prompts, seed))
         stops = self.stop_strings(config)
-        if self.options.kv_cache == "paged":
+        if self._paged is not None:
             show = len(encoded) >= 4 * self.options.batch_size if progress is None else progress
-            rows = generate_paged(self, encoded, keys, config, show)
+            rows = self._paged.generate(encoded, keys, config, show)
             return [self._finish(row, stops, config.max_new_tokens) for row in rows]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
@@ -489,7 +489,9 @@ class HFBackend:
         return hf_whitebox.input_embedding_gradients(self.model, input_ids, labels, attention_mask)
 
     def close(self) -> None:
-        """Drop the model and free accelerator memory."""
+        """Drop the model (and its continuous-batching engine) and free accelerator memory."""
+        if getattr(self, "_paged", None) is not None:
+            self._paged.close()
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
