@@ -119,33 +119,44 @@ def batch_rows(examples: Sequence[Any]) -> tuple[list[list[int]], list[int], lis
     return rows, lengths, where
 
 
+def to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Host integers as a long tensor on ``device``, copied without waiting for the work
+    already queued there (a blocking copy to a GPU first drains its stream)."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
 def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Tensor:
     """Per-row summed completion log-probs from the model's logits, kept from the first
     position that predicts a completion token on."""
     device = ids.device
     first = max(min(starts) - 1, 0)  # the first position whose logits are needed
     keep = ids.shape[1] - first
+    # position first + j predicts token first + j + 1
+    target = torch.arange(first + 1, ids.shape[1], device=device).unsqueeze(0)
+    lens, begin = to_device(lengths, device).unsqueeze(1), to_device(starts, device).unsqueeze(1)
     kwargs = {name: keep} if name is not None else {}
     kwargs |= no_cache(model)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
     if logits.shape[1] != keep:  # the model ignored logits_to_keep (or has no such argument)
         logits = logits[:, -keep:]
-    # position first + j predicts token first + j + 1
     token_logps = token_log_probs(logits, ids[:, first + 1 :])
-    target = torch.arange(first + 1, ids.shape[1], device=device).unsqueeze(0)
-    lens = torch.tensor(lengths, device=device).unsqueeze(1)
-    begin = torch.tensor(starts, device=device).unsqueeze(1)
     in_completion = (target >= begin) & (target < begin + lens)
     return torch.where(in_completion, token_logps, 0.0).sum(-1)
 
 
 def _head_input(model, head, name, ids, mask, positions) -> torch.Tensor | None:
     """The final hidden states ``[rows, T, d]`` that ``head`` projects to logits; None when the
-    model's last hidden state is not what its head reads (checked on the one position whose
-    logits the forward returns; the head is then marked never to be fused again)."""
+    model's last hidden state is not what its head reads. Checked on the first forward through
+    ``head``, on the one position whose logits the forward returns (reading the verdict waits
+    for the device, so once per head, not per batch: it is a property of the architecture); the
+    head is then marked to be fused from then on, or never again."""
+    checked = getattr(head, "_alignkit_fused_checked", False)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 output_hidden_states=True, **{name: 1}, **no_cache(model))  # fmt: skip
     hidden = out.hidden_states[-1]
+    if checked:
+        return hidden
+    head._alignkit_fused_checked = True
     with torch.no_grad():
         expected = out.logits[:, -1].float()
         ours = torch.nn.functional.linear(hidden[:, -1], head.weight, head.bias)  # as fused
@@ -189,12 +200,13 @@ def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> tor
     last hidden state is not what its head reads (checked on the one position whose logits the
     forward returns), so that the caller takes the plain path."""
     device = ids.device
+    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    offset = torch.cat([torch.arange(n) for n in lengths])
+    at = torch.tensor(starts)[row] - 1 + offset  # position predicting the token
+    row, at = row.to(device, non_blocking=True), at.to(device, non_blocking=True)
     hidden = _head_input(model, head, name, ids, mask, positions)
     if hidden is None:
         return None
-    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
-    offset = torch.cat([torch.arange(n) for n in lengths]).to(device)
-    at = torch.tensor(starts, device=device)[row] - 1 + offset  # position predicting the token
     logps = linear_token_log_probs(hidden[row, at], head, ids[row, at + 1])
     sums = torch.zeros(len(lengths), dtype=logps.dtype, device=device)
     return sums.index_add(0, row, logps)
@@ -227,18 +239,18 @@ def get_log_probs(
         starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion
         ids, mask = pad_token_ids(rows, pad_id, left=False)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        ids, mask, positions = (t.to(device, non_blocking=True) for t in (ids, mask, positions))
         args = (ids, mask, positions, starts, lengths)
         if head is not None:
             sums = _fused_sums(model, head, name, *args)
         if sums is None:
             sums = _plain_sums(model, name, *args)
-    lens = torch.tensor(lengths, device=device).unsqueeze(1)
+    lens = to_device(lengths, device).unsqueeze(1)
     n_examples = len(examples)
     n_completions = max(len(ex.completion_ids) for ex in examples)
     logps = torch.zeros((n_examples, n_completions), device=device)
     tokens = torch.zeros((n_examples, n_completions), device=device)
-    index = torch.tensor([b * n_completions + k for b, k in where], device=device)
+    index = to_device([b * n_completions + k for b, k in where], device)
     logps = logps.view(-1).index_put((index,), sums).view(n_examples, n_completions)
     tokens = tokens.view(-1).index_put((index,), lens.squeeze(1).float())
     return SequenceLogps(logps, tokens.view(n_examples, n_completions))

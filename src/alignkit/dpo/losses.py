@@ -98,7 +98,9 @@ class PreferenceLogps:
             value = torch.as_tensor(value, device=self.policy_chosen.device)
             if value.shape != shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-            if bool((value <= 0).any()):
+            # checked where reading a value costs nothing: on an accelerator it would wait for
+            # the device mid-step (the trainer's counts come from tokenized completions, >= 1)
+            if value.device.type == "cpu" and bool((value <= 0).any()):
                 raise ValueError(f"{name} must be positive (a completion has at least one token)")
             setattr(self, name, value.to(self.policy_chosen.dtype))
 
@@ -127,12 +129,14 @@ class PreferenceLogps:
 
 @dataclass
 class LossOutput:
-    """Per-example losses ``[B]`` (not reduced), detached rewards ``[B]`` and scalar metrics."""
+    """Per-example losses ``[B]`` (not reduced), detached rewards ``[B]`` and scalar metrics
+    (detached 0-dim tensors on the losses' device, so that computing them never waits on the
+    device; ``float()`` one to read it)."""
 
     losses: Tensor
     chosen_rewards: Tensor
     rejected_rewards: Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _smoothed_logistic(logits: Tensor, eps: float | Tensor) -> Tensor:
@@ -345,10 +349,7 @@ def compute_loss(
             stats["kl_penalty"] = penalty.detach().mean()
             if kl_coef > 0:
                 losses = losses + kl_coef * penalty
-    metrics = (
-        dict(zip(stats, torch.stack(list(stats.values())).tolist(), strict=True)) if stats else {}
-    )
-    return LossOutput(losses, beta * chosen.detach(), beta * rejected.detach(), metrics)
+    return LossOutput(losses, beta * chosen.detach(), beta * rejected.detach(), stats)
 
 
 def _checked(
@@ -413,11 +414,11 @@ def compute_ranked_loss(
     rows = torch.arange(mask.shape[0], device=mask.device)
     last = mask.long().sum(1) - 1
     ratios = (logps.policy - logps.ref).detach()
-    stats: dict[str, float] = {}
+    stats: dict[str, Tensor] = {}
     if logps.tokens is not None:
-        stats["nll"] = float(-(logps.policy[:, 0] / logps.tokens[:, 0]).detach().mean())
+        stats["nll"] = -(logps.policy[:, 0] / logps.tokens[:, 0]).detach().mean()
         penalty = ranked_kl_penalty(logps)
-        stats["kl_penalty"] = float(penalty.detach().mean())
+        stats["kl_penalty"] = penalty.detach().mean()
         if kl_coef > 0:
             losses = losses + kl_coef * penalty
     return LossOutput(losses, beta * ratios[:, 0], beta * ratios[rows, last], stats)

@@ -51,7 +51,8 @@ class SharedLayout:
     lengths: list[int]
 
     def to(self, device) -> SharedLayout:
-        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
+        moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in vars(self).items()}  # fmt: skip
         return SharedLayout(**moved)
 
 

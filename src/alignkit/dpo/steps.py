@@ -27,13 +27,32 @@ from alignkit.errors import ConfigError
 
 @dataclass
 class StepResult:
+    """A micro-batch's loss and metrics: detached 0-dim tensors where computed on the device
+    (read together, once per step, by :meth:`stack`), plain floats where known on the host."""
+
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+    @staticmethod
+    def stack(results: list[StepResult], device) -> tuple[list[str], torch.Tensor]:
+        """The sorted metric names and their means over ``results`` as one float32 tensor on
+        ``device``, built without waiting on the device (host floats are copied in without a
+        synchronising copy)."""
+        keys = sorted({k for r in results for k in r.metrics})
+        means = {k: sum(r.metrics.get(k, 0.0) for r in results) / len(results) for k in keys}
+        host = [k for k in keys if not torch.is_tensor(means[k])]
+        on_host = torch.tensor([float(means[k]) for k in host], dtype=torch.float32)
+        moved = dict(zip(host, on_host.to(device, non_blocking=True), strict=True))
+        column = [moved[k] if k in moved else means[k].to(device, torch.float32) for k in keys]
+        return keys, torch.stack(column) if column else torch.zeros(0, device=device)
 
     @staticmethod
     def average(results: list[StepResult]) -> dict[str, float]:
-        keys = sorted({k for r in results for k in r.metrics})
-        return {k: sum(r.metrics.get(k, 0.0) for r in results) / len(results) for k in keys}
+        """The metrics' means over ``results`` as floats (one read from the device)."""
+        if not results:
+            return {}
+        keys, values = StepResult.stack(results, results[0].loss.device)
+        return dict(zip(keys, values.tolist(), strict=True))
 
 
 def pair_view(policy: SequenceLogps, ref: SequenceLogps | None) -> PreferenceLogps:
@@ -133,15 +152,15 @@ def preference_step(
     extra.update(out.metrics)
     loss = (losses * keep).sum() / divisor if keep is not None else losses.mean()
     chosen, rejected = chosen.detach(), rejected.detach()
-    metrics = {
-        "loss": float(loss.detach()),
-        "rewards/chosen": float(chosen.mean()),
-        "rewards/rejected": float(rejected.mean()),
-        "rewards/accuracies": float((chosen > rejected).float().mean()),
-        "rewards/margins": float((chosen - rejected).mean()),
-        "logps/chosen": float(pairs.policy_chosen.detach().mean()),
-        "logps/rejected": float(pairs.policy_rejected.detach().mean()),
-        "beta": float(beta),
-        **{k: float(v) for k, v in extra.items()},
+    metrics = {  # tensors, not floats: reading them here would wait on the device mid-step
+        "loss": loss.detach(),
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "logps/chosen": pairs.policy_chosen.detach().mean(),
+        "logps/rejected": pairs.policy_rejected.detach().mean(),
+        "beta": beta,
+        **extra,
     }
     return StepResult(loss, metrics)

@@ -269,31 +269,33 @@ class DPOTrainer:
                     smoothing=soft_smoothing(examples, cfg),
                     margin=pair_margins(examples),
                 )
-                if not torch.isfinite(result.loss):
-                    self._diverged(result.loss)
                 acc.backward(result.loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
-                    result.metrics["grad_norm"] = float(
-                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    )
+                    norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    result.metrics["grad_norm"] = norm.detach() if torch.is_tensor(norm) else norm
                 self.optimizer.step()
                 if acc.sync_gradients:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             results.append(result)
+        # The step's one read from the device, after its updates are queued: every metric of
+        # every micro-batch (sorted names: the same order in every process) and the losses
+        # trained on, averaged over the processes, which all see a non-finite loss and stop.
+        keys, values = StepResult.stack(results, acc.device)
+        trained = torch.stack([r.loss.detach().float() for r in results]).mean()
+        *values, loss = acc.reduce(torch.cat([values, trained.reshape(1)]), "mean").tolist()
+        if not math.isfinite(loss):
+            self._diverged(loss)
+        metrics = dict(zip(keys, values, strict=True))
         self.step += 1
-        metrics = StepResult.average(results)
-        keys = sorted(metrics)  # the same order in every process
-        values = acc.reduce(torch.tensor([metrics[k] for k in keys], device=acc.device), "mean")
-        metrics = dict(zip(keys, values.tolist(), strict=True))
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def _diverged(self, loss: torch.Tensor) -> None:
+    def _diverged(self, loss: float) -> None:
         last = latest_checkpoint(self.output_dir)
         where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved"
         raise TrainingError(
-            f"the loss became {loss.item()} at step {self.step + 1}{where}. Lower the learning "
+            f"the loss became {loss} at step {self.step + 1}{where}. Lower the learning "
             "rate or beta, or check the data for empty or extreme completions."
         )
 

@@ -1,0 +1,77 @@
+"""A DPO training step reads values back from the device once, after its updates are queued.
+
+Each read of a device value (``item``, ``tolist``, ``float``, ``bool``...) makes the host wait
+for every kernel queued before it; on a GPU, a read between the forward and the backward
+leaves the device idle while the host queues the rest of the step. The metrics of every
+micro-batch stay on the device and are read together at the end of the step (with the
+divergence check); whether the output head may be fused is read once, on the first batch.
+Counted here are the reads that alignkit's own code makes (torch's optimizer reads its host
+step counters, and transformers' mask builder its masks: those are theirs).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignkit.dpo import DPOConfig, DPOTrainer
+from alignkit.dpo.losses import PreferenceLogps
+from alignkit.testbed import World
+from alignkit.testbed.preferences import preference_pairs, write_jsonl
+
+READS = ("item", "tolist", "__float__", "__bool__", "__int__", "__index__")
+SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "alignkit")
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Counts of (file, function) of alignkit code that read a tensor's value."""
+    counts: Counter = Counter()
+
+    def counting(name):
+        read = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(SOURCE):
+                counts[(Path(caller.co_filename).name, caller.co_name)] += 1
+            return read(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    return counts
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation):
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(preference_pairs(World(0), 24, split="train", seed=0), data)
+    config = DPOConfig(data=data, output_dir=tmp_path / "out", max_steps=3, batch_size=4,
+                       gradient_accumulation_steps=accumulation, kl_samples=0,
+                       device="cpu")  # fmt: skip
+    trainer = DPOTrainer("testbed", config)
+    trainer.output_dir.mkdir(parents=True)
+    trainer.prepare_reference()
+    count_reads.clear()
+    for step in range(3):
+        metrics = trainer.train_step(
+            [trainer._micro_batch(step * accumulation + j) for j in range(accumulation)]
+        )
+        assert set(metrics) >= {"loss", "rewards/accuracies", "grad_norm", "beta"}
+    cpu_only = count_reads.pop(("losses.py", "__post_init__"))  # token counts checked on CPU
+    assert cpu_only == 2 * 3 * accumulation  # chosen and rejected counts of every micro-batch
+    assert count_reads == {("trainer.py", "train_step"): 3, ("forward.py", "_head_input"): 1}
+
+
+def test_token_counts_on_a_device_are_not_read():
+    """Preference log-probs on a device other than the CPU (here ``meta``, whose values cannot
+    be read at all) are built without reading their token counts."""
+    values = torch.zeros(4, device="meta")
+    logps = PreferenceLogps(values, values, values, values, values, values)
+    assert logps.chosen_tokens.device.type == "meta"
