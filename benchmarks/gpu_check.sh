@@ -12,7 +12,9 @@
 #    by default (dynamic cache, batch 16; 128 prompts), then 512 prompts at batch 128 with the
 #    dynamic cache and with the static one (decoding compiled into CUDA graphs), and with
 #    continuous batching over a paged cache (all 512 requests in flight);
-# 3. `alignkit demo` on cuda and on cpu: wall time of each.
+# 3. `alignkit demo` on cuda and on cpu: wall time of each;
+# 4. where a DPO step waits for the GPU (benchmarks/host_syncs.py: synchronising operations a
+#    step, by line).
 # Each step's output goes to $OUT/*.log; the summary table is printed last and written to
 # $OUT/summary.md. A step that fails is reported in the table and the others still run.
 set -uo pipefail
@@ -27,7 +29,7 @@ if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
           --variants alignkit,alignkit-shared,alignkit-shared-flex,alignkit-compile,trl)
     DPO32=(--batch-size 4 --steps 1 --pairs 4 --variants alignkit,trl)
     GEN_BASE=(--n 4 --max-new-tokens 8 --batch-size 2) GEN=(--n 8 --max-new-tokens 8 --batch-size 8)
-    GEN_PAGED_BATCH=8
+    GEN_PAGED_BATCH=8 SYNCS=(--steps 1 --batch-size 2)
     DEMO=(--skip redteam --skip revise --skip feedback --skip train --skip evaluate)
 else
     DEVICE=cuda DTYPE=bf16 GEN_DTYPE=bfloat16 SHAPE=qwen2-0.5b DPO_MODEL=random:qwen2-0.5b
@@ -37,6 +39,7 @@ else
     DPO32=(--batch-size 32 --steps 8 --pairs 256 --variants alignkit,trl,trl-precompute,trl-liger)
     GEN_BASE=(--n 128 --max-new-tokens 256 --batch-size 16)
     GEN=(--n 512 --max-new-tokens 256 --batch-size 128) DEMO=() GEN_PAGED_BATCH=512
+    SYNCS=(--steps 4 --batch-size 8)
 fi
 
 status=()
@@ -73,6 +76,8 @@ gen generation-default "${GEN_BASE[@]}"
 gen generation-dynamic "${GEN[@]}"
 gen generation-static "${GEN[@]}" --kv-cache static
 gen generation-paged "${GEN[@]}" --kv-cache paged --batch-size "${GEN_PAGED_BATCH}"
+step host-syncs python benchmarks/host_syncs.py --model "$DPO_MODEL" --device "$DEVICE" \
+    --dtype "$DTYPE" "${SYNCS[@]}"
 for device in "$DEVICE" cpu; do
     step "demo-$device" alignkit demo --device "$device" --output-dir "$OUT/demo-$device" \
         ${DEMO[@]+"${DEMO[@]}"}
@@ -95,4 +100,6 @@ done
     for name in generation-default generation-dynamic generation-static generation-paged; do
         echo "$name: $(grep -h "tokens/s\|memory read" "$OUT/$name.log" | tr "\n" " ")"
     done
+    echo
+    sed -n '/synchronis/,$p' "$OUT/host-syncs.log"
 } | tee "$OUT/summary.md"
