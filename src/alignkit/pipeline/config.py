@@ -227,7 +227,11 @@ class PipelineConfig(CommandConfig):
     )
     output_dir: Path = Field(Path("runs/pipeline"), description="The run directory.")
     seed: int = Field(0, description="Seed of every stage.")
-    device: str = Field("auto", description="Device of local models: auto, cpu, cuda, mps.")
+    device: str = Field(
+        "auto",
+        description="Device of local models: auto (the GPU when there is one, unless the model "
+        "has under 20M parameters: the CPU is faster there), cpu, cuda, mps.",
+    )
     skip: list[str] = Field(default_factory=list, description="Stages to leave out.")
     report_to: ReportTo = Field(
         default_factory=list,
@@ -283,6 +287,15 @@ class PipelineConfig(CommandConfig):
         if stage in ("baseline", "evaluate"):
             on = self.evaluation.enabled
         return on and stage not in self.skip
+
+    @property
+    def local_device(self) -> str:
+        """``device`` with ``auto`` resolved for ``model`` (:mod:`alignkit.pipeline.device`)."""
+        if self.device != "auto":
+            return self.device
+        from alignkit.pipeline.device import auto_device
+
+        return auto_device(self.model)
 
     @property
     def generator(self) -> str:

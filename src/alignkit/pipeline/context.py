@@ -30,7 +30,7 @@ class StageContext:
     def backend(self, model: str) -> ModelBackend:
         from alignkit.models import load_backend
 
-        return load_backend(model, device=self.config.device)
+        return load_backend(model, device=self.config.local_device)
 
     @contextmanager
     def judge(self, **overrides: Any) -> Iterator[Any]:

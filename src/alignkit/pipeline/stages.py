@@ -43,7 +43,7 @@ def _campaign(ctx: StageContext, out: Path) -> list[dict]:
     settings = section.options_for(RedTeamConfig)
     generation = settings.pop("generation") | {"seed": ctx.config.seed}
     if section.backend.device == "auto":  # the pipeline's device, unless the section sets one
-        settings["backend"]["device"] = ctx.config.device
+        settings["backend"]["device"] = ctx.config.local_device
     config = RedTeamConfig.model_validate(
         settings | {"target": ctx.config.generator, "output_dir": out, "generation": generation}
     )
@@ -274,7 +274,7 @@ def feedback(ctx: StageContext) -> dict[str, Any]:
             section.options_for(CAIConfig)
             | {"model": cfg.generator, "prompts": prompts, "constitution": cfg.constitution,
                "principles": cfg.principles, "output_dir": out, "seed": cfg.seed,
-               "device": cfg.device}
+               "device": cfg.local_device}
         )
     )  # fmt: skip
     path = trainer.label(policy=cfg.generator)
@@ -354,12 +354,12 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path, human: list[dic
     ``human`` ones (a harmful and a safe answer to one behaviour, by the people's verdicts)."""
     from alignkit.safety.value_model import ValueModel, ValueModelConfig, train_value_model
 
-    section = ctx.config.train
+    section, device = ctx.config.train, ctx.config.local_device
     if section.cost_model is not None:
-        return ValueModel.load(section.cost_model, device=ctx.config.device), section.cost_model
+        return ValueModel.load(section.cost_model, device=device), section.cost_model
     path = out / "cost_model"
     if (path / "config.json").exists():
-        return ValueModel.load(path, device=ctx.config.device), path
+        return ValueModel.load(path, device=device), path
     judged = cost_pairs(pairs, ctx.config.seed) + human
     if not judged:
         raise DataError(
@@ -368,7 +368,7 @@ def _cost_model(ctx: StageContext, pairs: list[dict], out: Path, human: list[dic
     config = ValueModelConfig(
         model=ctx.config.model, kind="cost", learning_rate=section.cost_learning_rate,
         epochs=section.cost_epochs, batch_size=16, seed=ctx.config.seed,
-        device=ctx.config.device, output_dir=path, lora=bool(section.dpo_options.get("lora")),
+        device=device, output_dir=path, lora=bool(section.dpo_options.get("lora")),
         report_to=ctx.config.report_to,
     )  # fmt: skip
     return train_value_model(config, judged), path
@@ -427,7 +427,7 @@ def train(ctx: StageContext) -> dict[str, Any]:
     safety = SafetyConfig.model_validate(
         settings | {"model": cfg.model, "data": str(out / "pairs.jsonl"), "output_dir": out,
                     "cost_model": cost_path, "eval_prompts": eval_prompts or "testbed",
-                    "seed": cfg.seed, "device": cfg.device, "report_to": cfg.report_to}
+                    "seed": cfg.seed, "device": cfg.local_device, "report_to": cfg.report_to}
     )  # fmt: skip
     alignment = SafetyAlignment(safety, pairs=pairs)
     result = alignment.train()
