@@ -106,6 +106,7 @@ def test_one_engine_serves_the_backends_calls(testbed_path):
     calls = [(prompts, SAMPLED), (prompts[:3], GREEDY), (prompts[5:], short)]
     fresh = [_outputs("testbed", p, c, batch_size=4, kv_cache="paged") for p, c in calls]
     backend = load_backend("testbed", device="cpu", batch_size=4, kv_cache="paged")
+    assert backend.generate([], SAMPLED) == []  # nothing to do: no engine
     engines = []
     for (batch, config), expected in zip(calls, fresh, strict=True):
         out = [(c.text, c.num_tokens, c.finish_reason) for c in backend.generate(batch, config)]

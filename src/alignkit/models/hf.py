@@ -102,8 +102,7 @@ class HFBackend:
         return backend
 
     def _setup(self, model, tokenizer, options, name, device, spec) -> None:
-        # a missing continuous batching fails here, before any prompt waits on it
-        self._paged = PagedEngine(self) if options.kv_cache == "paged" else None
+        self._paged = PagedEngine(self) if options.kv_cache == "paged" else None  # checks it runs
         self.spec = spec
         self.options = options
         self.name = name
@@ -268,6 +267,8 @@ class HFBackend:
         """
         config = config or GenerationConfig()
         encoded = self.check_prompts(prompts, config)
+        if not encoded:
+            return []
         keys: list[int | None] = [None] * len(encoded)
         if config.temperature > 0:
             seed = config.seed
