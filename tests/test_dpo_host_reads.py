@@ -57,9 +57,9 @@ def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation):
                        device="cpu")  # fmt: skip
     trainer = DPOTrainer("testbed", config)
     trainer.output_dir.mkdir(parents=True)
-    trainer.prepare_reference()
     count_reads.clear()
-    for step in range(3):
+    trainer.prepare_reference()  # the head is checked here, or (reference log-probs read from
+    for step in range(3):  # the disk cache) in the first step: once in all
         metrics = trainer.train_step(
             [trainer._micro_batch(step * accumulation + j) for j in range(accumulation)]
         )

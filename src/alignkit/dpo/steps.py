@@ -127,7 +127,7 @@ def preference_step(
     per-pair label smoothing of :func:`soft_smoothing`, ``margin`` that of :func:`pair_margins`."""
     pairs = pair_view(policy, ref)
     if margin is not None:
-        pairs.margin = margin.to(pairs.policy_chosen.device)
+        pairs.margin = margin.to(pairs.policy_chosen.device, non_blocking=True)
     beta, keep, divisor, extra = config.beta, None, 1.0, {}
     if adaptive is not None:
         adapted, divisor = adapt(adaptive, pairs, gather, rank)
@@ -135,7 +135,7 @@ def preference_step(
         extra.update(adapted.metrics())
     params = config.loss_params()
     if smoothing is not None:
-        params["label_smoothing"] = smoothing.to(pairs.policy_chosen.device)
+        params["label_smoothing"] = smoothing.to(pairs.policy_chosen.device, non_blocking=True)
     if get_loss(config.loss_type).rankings:
         if margin is not None:
             raise ConfigError(f"loss_type {config.loss_type!r} does not use per-pair margins")

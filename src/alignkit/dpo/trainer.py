@@ -236,10 +236,10 @@ class DPOTrainer:
         """Reference log-probs for these training examples (precomputed, or computed now)."""
         if self.ref_logps is not None:
             k = max(len(ex.completion_ids) for ex in examples)
-            device = self.accelerator.device
+            device = self.accelerator.device  # (a blocking copy would wait for the forward)
             return SequenceLogps(
-                self.ref_logps.logps[indices, :k].to(device),
-                self.ref_logps.tokens[indices, :k].to(device),
+                self.ref_logps.logps[indices, :k].to(device, non_blocking=True),
+                self.ref_logps.tokens[indices, :k].to(device, non_blocking=True),
             )
         reference = self.reference or self.accelerator.unwrap_model(self.model)
         return get_ref_log_probs(reference, examples, self.pad_id, self.config.prefix_sharing)
