@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from alignkit.dpo import DPOConfig, DPOTrainer
-from alignkit.dpo.losses import PreferenceLogps
+from alignkit.dpo.losses import PreferenceLogps, compute_loss
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
@@ -69,9 +69,12 @@ def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation):
     assert count_reads == {("trainer.py", "train_step"): 3, ("forward.py", "_head_input"): 1}
 
 
-def test_token_counts_on_a_device_are_not_read():
+def test_values_on_a_device_are_not_read():
     """Preference log-probs on a device other than the CPU (here ``meta``, whose values cannot
-    be read at all) are built without reading their token counts."""
+    be read at all) are built, and their loss with per-pair label smoothing (soft labels) is
+    computed, without reading their token counts or the smoothing."""
     values = torch.zeros(4, device="meta")
     logps = PreferenceLogps(values, values, values, values, values, values)
     assert logps.chosen_tokens.device.type == "meta"
+    out = compute_loss(logps, "sigmoid", beta=0.1, label_smoothing=torch.zeros(4, device="meta"))
+    assert out.losses.device.type == "meta" and out.metrics["nll"].device.type == "meta"

@@ -365,7 +365,9 @@ def _checked(
                 f"per-pair label_smoothing (soft labels) is not taken by loss_type "
                 f"{loss.name!r}; losses that take it: {takers}"
             )
-        eps = float(label_smoothing.max())
+        # read on CPU only: on an accelerator it would wait for the device mid-step (the
+        # trainer's come from soft labels checked to lie in [0.5, 1] when the data was read)
+        eps = float(label_smoothing.max()) if label_smoothing.device.type == "cpu" else 0.0
     return check_config(loss, beta, eps, dict(params))
 
 
