@@ -117,13 +117,16 @@ def _step(config: DPOConfig, loop, chosen, pad: int) -> tuple[float, int]:
     from alignkit.dpo.forward import get_log_probs
     from alignkit.parallel import sum_over_processes
 
-    logps = get_log_probs(loop.model, chosen, pad)
-    tokens = logps.tokens.sum()
+    # the completion tokens are known on the host: counted (and summed over the processes)
+    # before the forward, not read back from the device between the forward and the backward
+    tokens = sum(len(c) for ex in chosen for c in ex.completion_ids)
     processes = loop.accelerator.num_processes
+    if processes > 1:
+        tokens = sum_over_processes(loop.accelerator, [float(tokens)])[0]
+    logps = get_log_probs(loop.model, chosen, pad)
     if processes == 1:
         loss = -logps.logps.sum() / tokens
     else:
-        tokens = sum_over_processes(loop.accelerator, [float(tokens)])[0]
         loss = -logps.logps.sum() * (processes / tokens)
     loop.step(loss, config.max_grad_norm)
     (mean,) = sum_over_processes(loop.accelerator, [float(loss.detach()) / processes])
