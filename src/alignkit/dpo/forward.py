@@ -12,7 +12,6 @@ held for the backward pass.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from alignkit.dpo.prefix_sharing import (
     attention_mask,
     shared_layout,
 )
-from alignkit.models.hf_padding import no_cache, pad_token_ids
+from alignkit.models.hf_padding import forward_parameters, no_cache, pad_token_ids
 
 
 @dataclass
@@ -98,9 +97,7 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 def _keep_argument(model) -> str | None:
     """The name under which ``model.forward`` accepts "logits for the last N positions"."""
-    base = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    params = inspect.signature(base.forward).parameters
+    params = forward_parameters(model)
     for name in ("logits_to_keep", "num_logits_to_keep"):
         if name in params:
             return name

@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from alignkit.errors import ModelError
 from alignkit.models.base import BackendOptions, ModelSpec
+from alignkit.models.hf_padding import base_model
 
 
 def load_policy(config):
@@ -112,8 +113,7 @@ def compile_layers(model) -> int:
     saved models stay as they are; the output head stays eager, so the fused log-prob path
     (:mod:`alignkit.dpo.fused_logps`) still reads it. Shapes change from batch to batch
     (length-bucketed rows): torch recompiles once, then marks the length dynamic."""
-    base = getattr(model, "module", model)  # DistributedDataParallel
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = base_model(model)
     names = set(getattr(base, "_no_split_modules", None) or [])
     layers = [module for module in base.modules() if type(module).__name__ in names]
     if not layers:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from alignkit.models.hf_padding import base_model
+
 MASKED_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
@@ -150,6 +152,5 @@ def attention_mask(layout: SharedLayout, implementation: str, dtype: torch.dtype
 
 def attention_implementation(model) -> str | None:
     """The attention implementation ``model`` runs (``config._attn_implementation``)."""
-    base = getattr(model, "module", model)  # DistributedDataParallel
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return getattr(getattr(base, "config", None), "_attn_implementation", None)
+    config = getattr(base_model(model), "config", None)
+    return getattr(config, "_attn_implementation", None)

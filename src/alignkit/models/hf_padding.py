@@ -1,5 +1,5 @@
 """Padding token id lists into batches, stopping a padded batch's rows at stop strings, and
-forwards that build no KV cache."""
+what a model's forward takes (forwards that build no KV cache)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,20 @@ def no_cache(model) -> dict:
     torch's ``recompile_limit`` (8) the remaining layers silently run eager (measured on a
     12-layer Qwen2: 8 graphs and 4 eager layers with the cache, one graph for all 12 without).
     """
+    return {"use_cache": False} if "use_cache" in forward_parameters(model) else {}
+
+
+def base_model(model):
+    """The transformers model inside a DistributedDataParallel and a PEFT wrapper, if any."""
     base = getattr(model, "module", model)  # DistributedDataParallel
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
-    return {"use_cache": False} if _takes_use_cache(type(base)) else {}
+    return base.get_base_model() if hasattr(base, "get_base_model") else base  # PEFT
+
+
+def forward_parameters(model) -> frozenset[str]:
+    """The keyword names that ``model``'s (unwrapped) forward takes."""
+    return _forward_parameters(type(base_model(model)))
 
 
 @functools.cache
-def _takes_use_cache(cls) -> bool:
-    return "use_cache" in inspect.signature(cls.forward).parameters
+def _forward_parameters(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
