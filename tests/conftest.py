@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import shutil
+import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +146,31 @@ def dpo_trained(tmp_path_factory, testbed_path):
 
     root = built_once(tmp_path_factory, "dpo-trained", build)
     return json.loads((root / "metrics.json").read_text()), root
+
+
+READS = ("item", "tolist", "__float__", "__bool__", "__int__", "__index__")
+SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "alignkit")
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Counts of (file, function) of alignkit code that read a tensor's value (``item``,
+    ``tolist``, ``float``...): each such read waits for the device's queued work."""
+    import torch
+
+    counts: Counter = Counter()
+
+    def counting(name):
+        read = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(SOURCE):
+                counts[(Path(caller.co_filename).name, caller.co_name)] += 1
+            return read(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    return counts

@@ -11,10 +11,6 @@ step counters, and transformers' mask builder its masks: those are theirs).
 
 from __future__ import annotations
 
-import sys
-from collections import Counter
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -22,30 +18,6 @@ from alignkit.dpo import DPOConfig, DPOTrainer
 from alignkit.dpo.losses import PreferenceLogps, compute_loss
 from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
-
-READS = ("item", "tolist", "__float__", "__bool__", "__int__", "__index__")
-SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "alignkit")
-
-
-@pytest.fixture
-def count_reads(monkeypatch):
-    """Counts of (file, function) of alignkit code that read a tensor's value."""
-    counts: Counter = Counter()
-
-    def counting(name):
-        read = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code
-            if caller.co_filename.startswith(SOURCE):
-                counts[(Path(caller.co_filename).name, caller.co_name)] += 1
-            return read(self, *args, **kwargs)
-
-        return wrapper
-
-    for name in READS:
-        monkeypatch.setattr(torch.Tensor, name, counting(name))
-    return counts
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])

@@ -180,6 +180,16 @@ def test_pair_loss_uses_per_record_margin(testbed_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["reward", "cost"])
+def test_each_step_reads_the_device_once(testbed_path, count_reads, kind):
+    """Loss and accuracy stay on the device and are read together after the step is queued
+    (a read between the forward and the backward would leave a GPU idle)."""
+    config = ValueModelConfig(kind=kind, batch_size=4, device="cpu")
+    model = train_value_model(config, value_pairs("harmless", "train", 12, 0), progress=False)
+    assert [round(h["accuracy"] * 4) / 4 == h["accuracy"] for h in model.history] == [True] * 3
+    assert count_reads == {("parallel.py", "sum_over_processes"): 3}
+
+
 # ------------------------------------------------------------------------------ trained models
 
 

@@ -87,13 +87,17 @@ def share(batch: Sequence[T], accelerator: Accelerator) -> tuple[list[T], float]
     return mine, len(mine) / len(batch)
 
 
-def sum_over_processes(accelerator: Accelerator, values: Sequence[float]) -> list[float]:
+def sum_over_processes(
+    accelerator: Accelerator, values: Sequence[float] | torch.Tensor
+) -> list[float]:
     """``values`` summed element by element over the processes (every process gets the sums);
-    in one process the values themselves."""
-    if accelerator.num_processes == 1:
-        return list(values)
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=accelerator.device)
-    return accelerator.reduce(tensor, "sum").tolist()
+    in one process the values themselves. A tensor is summed where it is and read back once
+    (values still on the device are read after the work queued before them)."""
+    if not torch.is_tensor(values):
+        values = torch.tensor(list(values), dtype=torch.float64)
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values.to(accelerator.device, torch.float64), "sum")
+    return values.tolist()
 
 
 def on_main_process(action: Callable[[], object]) -> None:

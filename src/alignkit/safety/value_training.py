@@ -28,7 +28,6 @@ from alignkit.safety.value_config import ValueModelConfig
 from alignkit.safety.value_losses import (
     bradley_terry_loss,
     cost_model_loss,
-    pairwise_accuracy,
     safety_signs,
 )
 from alignkit.safety.value_model import (
@@ -41,22 +40,26 @@ from alignkit.safety.value_model import (
 
 def pair_loss(
     value_model: ValueModel, batch: Sequence[Mapping[str, Any]], config: ValueModelConfig
-) -> tuple[torch.Tensor, float]:
-    """``(loss, pairwise accuracy)`` of a batch of records; chosen and rejected conversations
-    go through the model in one forward pass."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, pairwise accuracy)`` of a batch of records, both 0-dim tensors on the model's
+    device (nothing is read back from it); chosen and rejected conversations go through the
+    model in one forward pass. Margins and safety signs are copied to the device before it."""
+    device = value_model.device
+    margins = [config.margin if r.get("margin") is None else float(r["margin"]) for r in batch]
+    margin = torch.tensor(margins).to(device, non_blocking=True)
+    signs = [
+        safety_signs([r.get(key) for r in batch]).to(device, non_blocking=True)
+        for key in (("chosen_safe", "rejected_safe") if config.kind == "cost" else ())
+    ]
     prompts = [r["prompt"] for r in batch] * 2
     responses = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
     scores = value_model.forward(value_model.encode(prompts, responses))
     chosen, rejected = scores[: len(batch)], scores[len(batch) :]
-    margins = [config.margin if r.get("margin") is None else float(r["margin"]) for r in batch]
-    margin = torch.tensor(margins, device=scores.device)
     if config.kind == "reward":
         loss = bradley_terry_loss(chosen, rejected, margin, config.center_coef)
-        return loss, pairwise_accuracy(chosen, rejected)
-    better_signs = safety_signs([r.get("chosen_safe") for r in batch], scores.device)
-    worse_signs = safety_signs([r.get("rejected_safe") for r in batch], scores.device)
-    loss = cost_model_loss(chosen, rejected, better_signs, worse_signs, margin)
-    return loss, pairwise_accuracy(-chosen, -rejected)
+        return loss, (chosen > rejected).float().mean()
+    loss = cost_model_loss(chosen, rejected, *signs, margin)
+    return loss, (chosen < rejected).float().mean()  # the better response costs less
 
 
 def _optimizer(model: torch.nn.Module, config: ValueModelConfig, total_steps: int):
@@ -155,7 +158,8 @@ def _step(value_model, batch, config, loop) -> tuple[float, float]:
     loss, accuracy = pair_loss(value_model, mine, config)
     processes = loop.accelerator.num_processes
     loop.step(loss if processes == 1 else loss * (fraction * processes), config.max_grad_norm)
-    figures = [loss.item() * fraction, accuracy * fraction]
+    # read back once, after the step is queued (a read before the backward idles a GPU)
+    figures = torch.stack([loss.detach(), accuracy]).double() * fraction
     loss_sum, accuracy_sum = sum_over_processes(loop.accelerator, figures)
     return loss_sum, accuracy_sum
 
