@@ -19,7 +19,14 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from alignkit.evaluation.cache import CachedBackend, CallCache
 from alignkit.models import BackendOptions, GenerationConfig, ModelSpec, load_backend
-from alignkit.models.hf_sampling import GumbelSampler, gumbel_noise, key_words, uniform_bits
+from alignkit.models.hf_sampling import (
+    GumbelSampler,
+    gumbel_noise,
+    key_words,
+    row_words,
+    token_bits,
+    uniform_bits,
+)
 from alignkit.models.openai_compat import OpenAIBackend
 from alignkit.models.sampling import (
     occurrence_seed,
@@ -149,6 +156,36 @@ def test_noise_depends_only_on_key_step_and_token():
     assert int(together.min()) >= 0 and int(together.max()) < 2**32
     noise = gumbel_noise(key_words(keys), 3, 50000)
     assert torch.isfinite(noise).all()
+
+
+def test_the_hash_is_pinned():
+    """The noise is part of every sampled result (the README's tables among them): a change of
+    the hash, or of its arithmetic, changes what a seed samples; these values must not move."""
+    words = key_words([0, 12345, 2**64 - 1])
+    assert uniform_bits(words, 7, 5).tolist() == [
+        [3206535849, 1774569624, 905769401, 1345405314, 1572288871],
+        [2397483545, 4253180141, 2136377014, 997375812, 3773124330],
+        [1285989899, 2373331009, 2014686347, 4075611182, 1487912176],
+    ]
+    assert uniform_bits(words, 2**40 + 3, 5)[0].tolist() == [
+        4294106266,
+        1894079036,
+        2192926018,
+        2991461358,
+        331964958,
+    ]
+    steps = torch.tensor([7, 7, 7])  # each row's own step (continuous batching): the same bits
+    assert torch.equal(token_bits(row_words(words, steps), 5), uniform_bits(words, 7, 5))
+    assert gumbel_noise(words, 7, 5)[1].tolist() == pytest.approx(
+        [
+            0.5395264625549316,
+            4.627725601196289,
+            0.3590598702430725,
+            -0.37848544120788574,
+            2.0437612533569336,
+        ],
+        abs=1e-6,
+    )
 
 
 def test_gumbel_max_draws_follow_the_warped_softmax():

@@ -37,19 +37,28 @@ _MASK = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` for int64 ``x`` in [0, 2**32), without overflowing int64."""
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for int64 ``x`` in [0, 2**32), without overflowing int64; in place
+    (one temporary: a [rows, vocab] hash runs at memory speed, not allocation speed)."""
     lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK
+    high = x * hi
+    high &= 0xFFFF
+    high <<= 16
+    x *= lo
+    x += high
+    x &= _MASK
+    return x
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2**32) with full avalanche."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2**32) with full avalanche. Overwrites
+    ``h`` (every caller passes a fresh tensor) and returns it."""
+    h ^= h >> 16
+    _mul32_(h, 0x85EBCA6B)
+    h ^= h >> 13
+    _mul32_(h, 0xC2B2AE35)
+    h ^= h >> 16
+    return h
 
 
 def key_words(keys: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -69,7 +78,9 @@ def token_bits(row: torch.Tensor, vocab: int) -> torch.Tensor:
     """``[rows, vocab]`` int64 hashes in [0, 2**32) of each row word and token id."""
     salt = _fmix32(row ^ _GOLDEN)
     tokens = torch.arange(vocab, device=row.device, dtype=torch.long)
-    return _fmix32(_fmix32(row[:, None] ^ tokens[None, :]) ^ salt[:, None])
+    bits = _fmix32(row[:, None] ^ tokens[None, :])
+    bits ^= salt[:, None]
+    return _fmix32(bits)
 
 
 def uniform_bits(words: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
