@@ -20,13 +20,16 @@ from alignkit.testbed import World
 from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation):
+@pytest.mark.parametrize(
+    ("accumulation", "adaptive"), [(1, False), (2, False), (2, True)], ids=["1", "2", "2-beta-dpo"]
+)
+def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation, adaptive):
     data = tmp_path / "pairs.jsonl"
     write_jsonl(preference_pairs(World(0), 24, split="train", seed=0), data)
+    beta_dpo = {"adaptive_beta": True, "adaptive_filter": 0.5} if adaptive else {}
     config = DPOConfig(data=data, output_dir=tmp_path / "out", max_steps=3, batch_size=4,
-                       gradient_accumulation_steps=accumulation, kl_samples=0,
-                       device="cpu")  # fmt: skip
+                       gradient_accumulation_steps=accumulation, kl_samples=0, device="cpu",
+                       **beta_dpo)  # fmt: skip
     trainer = DPOTrainer("testbed", config)
     trainer.output_dir.mkdir(parents=True)
     count_reads.clear()
@@ -38,6 +41,9 @@ def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation):
         assert set(metrics) >= {"loss", "rewards/accuracies", "grad_norm", "beta"}
     cpu_only = count_reads.pop(("losses.py", "__post_init__"))  # token counts checked on CPU
     assert cpu_only == 2 * 3 * accumulation  # chosen and rejected counts of every micro-batch
+    if adaptive:  # beta-DPO's beta is checked on CPU only, in every micro-batch's loss
+        assert count_reads.pop(("losses.py", "_checked")) == 3 * accumulation
+        assert metrics["adaptive/kept_fraction"] == 0.5
     assert count_reads == {("trainer.py", "train_step"): 3, ("forward.py", "_head_input"): 1}
 
 
@@ -50,3 +56,17 @@ def test_values_on_a_device_are_not_read():
     assert logps.chosen_tokens.device.type == "meta"
     out = compute_loss(logps, "sigmoid", beta=0.1, label_smoothing=torch.zeros(4, device="meta"))
     assert out.losses.device.type == "meta" and out.metrics["nll"].device.type == "meta"
+
+
+def test_beta_dpo_reads_nothing_on_a_device():
+    """beta-DPO's statistics, beta, filtering and loss are computed where the margins are."""
+    from alignkit.dpo.adaptive import AdaptiveDPO
+
+    values = torch.zeros(8, device="meta")
+    logps = PreferenceLogps(values, values, values, values, values, values)
+    adaptive = AdaptiveDPO(filter_fraction=0.75)
+    for _ in range(2):
+        step = adaptive.step(logps)
+        assert step.kept == 6 and step.mask.device.type == "meta"
+        out = compute_loss(logps, "sigmoid", beta=step.beta)
+        assert step.beta.device.type == "meta" and out.losses.device.type == "meta"

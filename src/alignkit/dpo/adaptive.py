@@ -26,6 +26,11 @@ once per batch before the loss, uses ``step.beta`` as the loss's beta and averag
 over ``step.mask``. Sampling uses a private seeded generator stored in :meth:`state_dict`, so a
 resumed run draws the same examples. Under data parallelism, give every rank the gathered
 margins of the global batch (:meth:`AdaptiveDPO.update`) so all ranks agree.
+
+Everything that depends on the margins is computed where they are (float64; float32 on MPS)
+and nothing is read back: on a GPU, reading beta between the forward and the loss would leave
+the device idle while the host queues the backward. The sampler's noise does not depend on the
+margins and is drawn on the host; how many examples are kept is known there too.
 """
 
 from __future__ import annotations
@@ -47,22 +52,24 @@ _STATE_VERSION = 1
 
 @dataclass
 class AdaptiveStep:
-    """What one batch gets: its beta, which examples to train on, and margin statistics."""
+    """What one batch gets: its beta, which examples to train on, and margin statistics.
+    Values computed from the margins are 0-dim tensors on their device (not read back)."""
 
-    beta: float
+    beta: Tensor
     mask: Tensor  # [B] bool, True for the examples kept
-    margin_mean: float  # mean margin of the whole batch
-    kept_margin_mean: float  # mean margin of the kept examples (the M_batch of the beta rule)
-    running_mean: float  # M_0 after this batch's update
-    running_std: float  # sigma after this batch's update
+    kept: int  # how many are kept (known on the host)
+    margin_mean: Tensor  # mean margin of the whole batch
+    kept_margin_mean: Tensor  # mean margin of the kept examples (the M_batch of the beta rule)
+    running_mean: Tensor  # M_0 after this batch's update
+    running_std: Tensor  # sigma after this batch's update
 
-    def metrics(self) -> dict[str, float]:
-        """Scalars worth logging."""
+    def metrics(self) -> dict[str, Tensor | float]:
+        """Scalars worth logging (tensors stay on the device until the trainer reads them)."""
         return {
             "adaptive/beta": self.beta,
             "adaptive/margin_mean": self.margin_mean,
             "adaptive/margin_running_mean": self.running_mean,
-            "adaptive/kept_fraction": float(self.mask.float().mean()),
+            "adaptive/kept_fraction": self.kept / self.mask.numel(),
         }
 
 
@@ -102,8 +109,8 @@ class AdaptiveDPO:
         self.filter_fraction = filter_fraction
         self.min_beta = float(min_beta)
         self.seed = seed
-        self.running_mean = 0.0
-        self.running_std = 0.0
+        self.running_mean: Tensor | float = 0.0  # a 0-dim tensor on the margins' device once
+        self.running_std: Tensor | float = 0.0  # updated
         self.steps = 0
         self._generator = torch.Generator().manual_seed(seed)
 
@@ -123,43 +130,47 @@ class AdaptiveDPO:
         """:meth:`step` from precomputed margins ``[B]`` (e.g. gathered over all ranks)."""
         if margins.dim() != 1 or margins.numel() == 0:
             raise ValueError(f"margins must be a non-empty 1-D tensor, got {tuple(margins.shape)}")
-        values = margins.detach().to(torch.float64).cpu()
-        batch_std = float(values.std()) if values.numel() > 1 else 0.0
+        precise = torch.float32 if margins.device.type == "mps" else torch.float64
+        values = margins.detach().to(precise)
+        batch_mean = values.mean()
+        batch_std = values.std() if values.numel() > 1 else torch.zeros_like(batch_mean)
         m = self.momentum
-        self.running_mean = m * self.running_mean + (1.0 - m) * float(values.mean())
+        self.running_mean = m * self.running_mean + (1.0 - m) * batch_mean
         self.running_std = m * self.running_std + (1.0 - m) * batch_std
         self.steps += 1
 
-        keep = self._select(values)
-        kept_mean = float(values[keep].mean())
+        keep, kept = self._select(values)
+        kept_mean = batch_mean if kept == values.numel() else values.index_select(0, keep).mean()
         beta = self.beta * (1.0 + self.alpha * (kept_mean - self.running_mean))
+        mask = torch.zeros_like(values, dtype=torch.bool).index_fill_(0, keep, True)
         return AdaptiveStep(
-            beta=max(beta, self.min_beta),
-            mask=keep.to(margins.device),
-            margin_mean=float(values.mean()),
+            beta=beta.clamp(min=self.min_beta),
+            mask=mask,
+            kept=kept,
+            margin_mean=batch_mean,
             kept_margin_mean=kept_mean,
             running_mean=self.running_mean,
             running_std=self.running_std,
         )
 
-    def _select(self, values: Tensor) -> Tensor:
-        """Bool mask of the examples kept: Gaussian-weighted sampling without replacement."""
+    def _select(self, values: Tensor) -> tuple[Tensor, int]:
+        """Indices (ascending, on the margins' device) and number of the examples kept:
+        Gaussian-weighted sampling without replacement."""
         size = values.numel()
         if self.filter_fraction is None:
-            return torch.ones(size, dtype=torch.bool)
+            return torch.arange(size, device=values.device), size
         count = max(1, math.floor(self.filter_fraction * size + 1e-9))
         # log of the Gaussian weight; a vanishing std makes every example equally likely only
         # when all margins sit on the mean, otherwise the nearest ones win
-        sigma = max(self.running_std, 1e-8)
+        sigma = torch.as_tensor(self.running_std).clamp(min=1e-8)
         log_weights = -0.5 * ((values - self.running_mean) / sigma) ** 2
         # Gumbel top-k draws `count` items without replacement, each with probability
         # proportional to its weight, as torch.multinomial would, without underflowing weights
         uniform = torch.rand(size, generator=self._generator, dtype=torch.float64)
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-300)))
+        gumbel = gumbel.to(values.device, values.dtype, non_blocking=True)
         chosen = torch.topk(log_weights + gumbel, count).indices
-        keep = torch.zeros(size, dtype=torch.bool)
-        keep[chosen] = True
-        return keep
+        return chosen.sort().values, count
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume identically (plain values and one uint8 tensor)."""
@@ -171,8 +182,8 @@ class AdaptiveDPO:
             "filter_fraction": self.filter_fraction,
             "min_beta": self.min_beta,
             "seed": self.seed,
-            "running_mean": self.running_mean,
-            "running_std": self.running_std,
+            "running_mean": float(self.running_mean),  # read here, at a checkpoint only
+            "running_std": float(self.running_std),
             "steps": self.steps,
             "generator": self._generator.get_state(),
         }

@@ -304,7 +304,7 @@ def kl_penalty(logps: PreferenceLogps) -> Tensor:
 def compute_loss(
     logps: PreferenceLogps,
     loss_type: str = "sigmoid",
-    beta: float = 0.1,
+    beta: float | Tensor = 0.1,
     label_smoothing: float | Tensor = 0.0,
     **params: float,
 ) -> LossOutput:
@@ -353,7 +353,7 @@ def compute_loss(
 
 
 def _checked(
-    loss: PreferenceLoss, beta: float, label_smoothing: float | Tensor, params: dict
+    loss: PreferenceLoss, beta: float | Tensor, label_smoothing: float | Tensor, params: dict
 ) -> tuple[dict[str, float], float]:
     """:func:`check_config`, and for per-pair smoothing ``[B]`` (soft labels) also that the
     loss is declared to take soft labels."""
@@ -368,6 +368,8 @@ def _checked(
         # read on CPU only: on an accelerator it would wait for the device mid-step (the
         # trainer's come from soft labels checked to lie in [0.5, 1] when the data was read)
         eps = float(label_smoothing.max()) if label_smoothing.device.type == "cpu" else 0.0
+    if isinstance(beta, Tensor):  # beta-DPO's per-batch beta (clamped to min_beta > 0): read
+        beta = float(beta) if beta.device.type == "cpu" else None  # on CPU only, as above
     return check_config(loss, beta, eps, dict(params))
 
 
@@ -389,7 +391,7 @@ def _as_ranked(logps: PreferenceLogps) -> RankedLogps:
 def compute_ranked_loss(
     logps: RankedLogps,
     loss_type: str = "plackett_luce",
-    beta: float = 0.1,
+    beta: float | Tensor = 0.1,
     label_smoothing: float | Tensor = 0.0,
     **params: float,
 ) -> LossOutput:

@@ -76,7 +76,7 @@ def ranked_loss(
     policy_logps: Tensor,
     ref_logps: Tensor,
     mask: Tensor | None = None,
-    beta: float = 0.1,
+    beta: float | Tensor = 0.1,
 ) -> Tensor:
     """Plackett-Luce loss per example ``[B]``.
 
@@ -86,14 +86,15 @@ def ranked_loss(
         ref_logps: ``[B, K]`` the same under the reference model.
         mask: ``[B, K]`` bool, True for real responses (None: all real). Examples with fewer
             than two real responses get loss 0.
-        beta: the DPO temperature.
+        beta: the DPO temperature (a 0-dim tensor: beta-DPO's per-batch beta, positive by
+            construction and not read back from its device).
     """
     if policy_logps.dim() != 2 or policy_logps.shape != ref_logps.shape:
         raise ValueError(
             "policy_logps and ref_logps must both have shape [B, K], got "
             f"{tuple(policy_logps.shape)} and {tuple(ref_logps.shape)}"
         )
-    if beta <= 0:
+    if not isinstance(beta, Tensor) and beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
     if mask is None:
         mask = torch.ones_like(policy_logps, dtype=torch.bool)

@@ -155,12 +155,14 @@ def _check_number(name: str, value: object, low: float | None, high: float | Non
 
 
 def check_config(
-    loss: PreferenceLoss, beta: float, eps: float, params: dict[str, float]
+    loss: PreferenceLoss, beta: float | None, eps: float, params: dict[str, float]
 ) -> tuple[dict[str, float], float]:
-    """Validated loss params and kl_coef; ConfigError names the bad option and valid ones."""
-    beta = _check_number("beta", beta, None, None)
-    if beta <= 0:
-        raise ConfigError(f"beta must be positive, got {beta!r}")
+    """Validated loss params and kl_coef; ConfigError names the bad option and valid ones.
+    ``beta=None``: a beta its maker guarantees (beta-DPO's, on a device) is not checked."""
+    if beta is not None:
+        beta = _check_number("beta", beta, None, None)
+        if beta <= 0:
+            raise ConfigError(f"beta must be positive, got {beta!r}")
     eps = _check_number("label_smoothing", eps, 0.0, None)
     if eps and loss.smoothing is None:
         users = sorted(n for n, spec in LOSSES.items() if spec.smoothing is not None)

@@ -82,11 +82,11 @@ def adapt(adaptive, pairs: PreferenceLogps, gather=None, rank: int = 0):
     margins = adaptive.margins(pairs)
     if gather is None:
         step = adaptive.update(margins)
-        return step, max(float(step.mask.sum()), 1.0)
+        return step, float(max(step.kept, 1))
     everyone = gather(margins)
     step = adaptive.update(everyone)
     size, processes = margins.shape[0], everyone.shape[0] // margins.shape[0]
-    divisor = max(float(step.mask.sum()), 1.0) / processes
+    divisor = max(step.kept, 1) / processes
     step.mask = step.mask[rank * size : (rank + 1) * size].to(margins.device)
     return step, divisor
 
