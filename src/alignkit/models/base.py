@@ -76,7 +76,9 @@ class BackendOptions(BaseModel):
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key."
     )
     api: Literal["chat", "completions"] = "chat"
-    max_concurrency: int = Field(8, ge=1)
+    max_concurrency: int = Field(
+        8, ge=1, description="Requests in flight at once to a server (to each replica)."
+    )
     timeout: float = Field(60.0, gt=0, description="Seconds per request.")
     max_retries: int = Field(5, ge=0, description="Retries on 429 / 5xx / connection errors.")
     retry_budget: float = Field(
@@ -209,7 +211,9 @@ class PromptTooLongError(DataError):
         return cls(message + f"more than {limit}", index, tokens, context)
 
 
-_GRAMMAR = "expected hf:PATH_OR_HUB_ID[+ADAPTER_DIR], openai:MODEL@BASE_URL or testbed"
+_GRAMMAR = (
+    "expected hf:PATH_OR_HUB_ID[+ADAPTER_DIR], openai:MODEL@BASE_URL[,BASE_URL...] or testbed"
+)
 
 
 @dataclass(frozen=True)
@@ -237,13 +241,21 @@ class ModelSpec:
             return cls(kind="hf", path=rest)
         if prefix == "openai":
             model, at, url = rest.rpartition("@")
-            if not at or not model or not url.startswith(("http://", "https://")):
+            urls = [u.strip() for u in url.split(",")]
+            if not at or not model or not all(u.startswith(("http://", "https://")) for u in urls):
                 raise ModelError(
-                    f"model string {text!r} is not valid: openai models need MODEL@BASE_URL, "
-                    "e.g. openai:my-model@http://localhost:8000/v1"
+                    f"model string {text!r} is not valid: openai models need MODEL@BASE_URL "
+                    "(replicas: MODEL@URL1,URL2), e.g. openai:my-model@http://localhost:8000/v1"
                 )
-            return cls(kind="openai", model=model, base_url=url)
+            if len({u.rstrip("/") for u in urls}) < len(urls):
+                raise ModelError(f"model string {text!r} names the same URL twice")
+            return cls(kind="openai", model=model, base_url=",".join(urls))
         raise ModelError(f"model string {text!r} has unknown kind {prefix!r}: {_GRAMMAR}")
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The replicas' base URLs of an openai model string (one unless several are given)."""
+        return [u.strip() for u in (self.base_url or "").split(",") if u.strip()]
 
     def __str__(self) -> str:
         if self.kind == "testbed":

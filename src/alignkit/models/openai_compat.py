@@ -1,9 +1,12 @@
 """A model backend for any OpenAI-compatible server (vLLM, Ollama, llama.cpp, transformers serve).
 
 Model string: ``openai:MODEL@BASE_URL``, e.g.
-``openai:Qwen/Qwen2.5-0.5B-Instruct@http://localhost:8000/v1``.
+``openai:Qwen/Qwen2.5-0.5B-Instruct@http://localhost:8000/v1``; replicas of the same model as
+``openai:MODEL@URL1,URL2,...`` (:mod:`alignkit.models.endpoints`: each request to the least
+busy replica, retries away from a failing one).
 
-* Generation sends one request per prompt, at most ``options.max_concurrency`` at a time,
+* Generation sends one request per prompt, at most ``options.max_concurrency`` at a time per
+  replica,
   through the official ``openai`` client (its own retries off: :mod:`alignkit.models.retry`
   retries 429 / 5xx / connection errors with backoff, within ``options.retry_budget``).
   Requests of one call succeed or fail one by one, so a failure never throws away answers
@@ -31,12 +34,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import openai
 
-from alignkit.errors import AlignkitError, BackendError, DataError, ModelError, UnsupportedError
+from alignkit.errors import AlignkitError, BackendError, ModelError, UnsupportedError
 from alignkit.models.base import (
     BackendOptions,
     Completion,
@@ -44,9 +48,10 @@ from alignkit.models.base import (
     Message,
     ModelSpec,
     Prompt,
-    TokenLogprobs,
     as_messages,
 )
+from alignkit.models.endpoints import Endpoint, EndpointPool
+from alignkit.models.openai_scoring import ServerScoring
 from alignkit.models.retry import (
     PartialBatchError,
     RequestContext,
@@ -68,11 +73,8 @@ DUMMY_API_KEY = "EMPTY"
 PROBE_TIMEOUT = 10.0
 """Most seconds the fail-fast ``/models`` probe waits."""
 
-UNSUPPORTED_STATUS = frozenset({400, 404, 405, 422, 501})
-"""Answers to a scoring request that mean 'this server cannot do that'."""
 
-
-class OpenAIBackend:
+class OpenAIBackend(ServerScoring):
     """A :class:`~alignkit.models.base.ModelBackend` talking to an OpenAI-compatible server.
 
     Args:
@@ -101,15 +103,19 @@ class OpenAIBackend:
         self.options = options or BackendOptions()
         self.name = str(spec)
         self.model = spec.model
-        self.base_url = spec.base_url.rstrip("/")
+        self.base_urls = [url.rstrip("/") for url in spec.base_urls]
+        self.base_url = ",".join(self.base_urls)
         self.api = self.options.api
         key = os.environ.get(self.options.api_key_env) or None
         self._redact = _redactor(key)
-        self._client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=key or DUMMY_API_KEY,
-            max_retries=0,
-            timeout=self.options.timeout,
+        self._pool = EndpointPool(
+            self.base_urls,
+            lambda url: openai.OpenAI(
+                base_url=url,
+                api_key=key or DUMMY_API_KEY,
+                max_retries=0,
+                timeout=self.options.timeout,
+            ),
         )
         self.retry = retry or RetryPolicy(
             max_retries=self.options.max_retries, budget=self.options.retry_budget
@@ -139,30 +145,35 @@ class OpenAIBackend:
     # ----- health -----
 
     def check(self) -> list[str]:
-        """Ask the server for ``/models`` once (no retries, short timeout).
+        """Ask every replica for ``/models`` once (no retries, short timeout).
 
-        Returns the model ids it lists. Raises :class:`BackendError` when the server cannot
-        be reached or refuses the API key; other answers (e.g. a server without ``/models``)
-        only log a warning, as does a model list that lacks this backend's model.
+        Returns the model ids the first lists. Raises :class:`BackendError` when a replica
+        cannot be reached or refuses the API key; other answers (e.g. a server without
+        ``/models``) only log a warning, as does a model list that lacks this backend's model.
         """
+        lists = [self._check(endpoint) for endpoint in self._pool.endpoints]
+        return lists[0]
+
+    def _check(self, endpoint: Endpoint) -> list[str]:
         timeout = min(self.options.timeout, PROBE_TIMEOUT)
-        context = dataclasses.replace(self._context, timeout=timeout)
+        url = endpoint.base_url
+        context = dataclasses.replace(self._context, timeout=timeout, base_url=url)
         try:
-            listed = [m.id for m in self._client.with_options(timeout=timeout).models.list().data]
+            listed = [
+                m.id for m in endpoint.client.with_options(timeout=timeout).models.list().data
+            ]
         except openai.APIConnectionError as exc:
             raise context.error("model list request", exc) from None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 note = f"check the API key in ${self.options.api_key_env}"
                 raise context.error("model list request", exc, note=note) from None
-            logger.warning(
-                "%s", self._redact(f"{self.base_url}/models: {describe_failure(exc, 0)}")
-            )
+            logger.warning("%s", self._redact(f"{url}/models: {describe_failure(exc, 0)}"))
             return []
         if listed and self.model not in listed:
             logger.warning(
                 "server %s does not list model %r (it lists %s); requests may fail",
-                self.base_url,
+                url,
                 self.model,
                 ", ".join(repr(m) for m in listed[:10]),
             )
@@ -257,24 +268,24 @@ class OpenAIBackend:
     def _complete(self, item: str | list[Message], params: dict[str, Any]) -> Completion:
         """Send one generation request (with retries) and parse its answer."""
 
-        def send() -> Any:
+        def send(endpoint: Endpoint) -> Any:
             try:
-                return self._create(item, params, self._ask_logprobs)
+                return self._create(endpoint, item, params, self._ask_logprobs)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 detail = str(exc.body or exc.message)
                 if "top_k" in params.get("extra_body", {}) and "top_k" in detail:
                     message = (
-                        f"server {self.base_url} rejects top_k (it is not an OpenAI API field; "
-                        f"the server said: {describe_failure(exc, 0)}): use top_k=0"
+                        f"server {endpoint.base_url} rejects top_k (it is not an OpenAI API "
+                        f"field; the server said: {describe_failure(exc, 0)}): use top_k=0"
                     )
                     raise UnsupportedError(self._redact(message)) from None
                 if not (self._ask_logprobs and "logprob" in detail.lower()):
                     raise
-                logger.info("server %s refuses logprobs; asking without them", self.base_url)
+                logger.info("server %s refuses logprobs; asking without them", endpoint.base_url)
                 self._ask_logprobs = False
-                return self._create(item, params, False)
+                return self._create(endpoint, item, params, False)
 
-        response = call_with_retries(send, self.retry, self._context, f"{self.api} request")
+        response = self._call(send, f"{self.api} request")
         if not response.choices:
             raise BackendError(
                 f"server {self.base_url} returned no choices for model {self.model!r}"
@@ -293,147 +304,49 @@ class OpenAIBackend:
         finish = "length" if choice.finish_reason == "length" else "stop"
         return Completion(text, finish, int(num_tokens or 0), token_logprobs)
 
-    def _create(self, item: str | list[Message], params: dict[str, Any], logprobs: bool) -> Any:
+    def _create(
+        self, endpoint: Endpoint, item: str | list[Message], params: dict[str, Any], logprobs: bool
+    ) -> Any:
+        client = endpoint.client
         if self.api == "chat":
             extra = {"logprobs": True} if logprobs else {}
-            return self._client.chat.completions.create(
+            return client.chat.completions.create(
                 model=self.model, messages=item, **params, **extra
             )
         extra = {"logprobs": 1} if logprobs else {}
-        return self._client.completions.create(model=self.model, prompt=item, **params, **extra)
-
-    # ----- scoring -----
-
-    def logprobs(
-        self, prompts: Sequence[Prompt], completions: Sequence[str]
-    ) -> list[TokenLogprobs]:
-        """Log-probs of each completion's tokens given its prompt (as the assistant turn).
-
-        Raises :class:`UnsupportedError` when the server gives no prompt log-probs.
-        """
-        if len(prompts) != len(completions):
-            raise DataError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        rendered = [self._render(i, p) for i, p in enumerate(prompts)]
-        pairs = list(zip(rendered, completions, strict=True))
-        results = self._map(self._score_one, pairs)
-        self.supports_logprobs = True
-        return results
-
-    def _score_one(self, pair: tuple[str | list[Message], str]) -> TokenLogprobs:
-        """Score one (rendered prompt, completion) pair."""
-        prompt, completion = pair
-        if isinstance(prompt, str):
-            return self._score_text(prompt, completion)
-        return self._score_chat(prompt, completion)
-
-    def _score_text(self, prompt: str, completion: str) -> TokenLogprobs:
-        """Score ``completion`` after a plain-text prompt: echo the joined text, split by offset."""
-        full = prompt + completion
-        lp = self._echo(full)
-        offsets = lp.text_offset
-        if not offsets or len(offsets) != len(lp.token_logprobs):
-            raise UnsupportedError(
-                f"server {self.base_url} returned prompt log-probs without text offsets, "
-                "so completion tokens cannot be told from prompt tokens"
-            )
-        names = lp.tokens or [""] * len(offsets)
-        tokens, values = [], []
-        boundary, n = len(prompt), len(offsets)
-        for i in range(n):
-            # a token belongs to the completion if it ends after the prompt and starts
-            # before the end of the text (which drops the one generated token)
-            end = offsets[i + 1] if i + 1 < n else len(full) + 1
-            if end > boundary and offsets[i] < len(full):
-                tokens.append(names[i])
-                values.append(lp.token_logprobs[i])
-        return _token_logprobs(tokens, values)
-
-    def _score_chat(self, messages: list[Message], completion: str) -> TokenLogprobs:
-        """Score ``completion`` as the assistant turn, templated by the server's ``/tokenize``."""
-        prompt_ids = self._tokenize({"messages": messages, "add_generation_prompt": True})
-        reply = {"role": "assistant", "content": completion}
-        full_ids = self._tokenize(
-            {
-                "messages": [*messages, reply],
-                "add_generation_prompt": False,
-                "continue_final_message": True,
-            }
-        )
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise UnsupportedError(
-                f"the chat template of {self.model!r} does not render the prompt as a prefix of "
-                "prompt + reply, so the reply's tokens cannot be scored in chat mode"
-            )
-        if len(full_ids) == len(prompt_ids):
-            return TokenLogprobs(tokens=[], logprobs=[])
-        lp = self._echo(full_ids)
-        start, stop = len(prompt_ids), len(full_ids)
-        names = lp.tokens or [str(i) for i in full_ids]
-        return _token_logprobs(names[start:stop], lp.token_logprobs[start:stop])
-
-    def _echo(self, prompt: str | list[int]) -> Any:
-        """The ``logprobs`` block of an ``echo=True`` completion of ``prompt`` (one new token)."""
-
-        def send() -> Any:
-            try:
-                return self._client.completions.create(
-                    model=self.model,
-                    prompt=prompt,
-                    echo=True,
-                    logprobs=1,
-                    max_tokens=1,
-                    temperature=0.0,
-                )
-            except openai.APIStatusError as exc:
-                if exc.status_code not in UNSUPPORTED_STATUS:
-                    raise
-                raise self._unsupported("the completions endpoint with echo=True", exc) from None
-
-        response = call_with_retries(send, self.retry, self._context, "scoring request")
-        choice = response.choices[0] if response.choices else None
-        lp = choice.logprobs if choice is not None else None
-        n_prompt = len(prompt) if isinstance(prompt, list) else 1
-        if lp is None or not lp.token_logprobs or len(lp.token_logprobs) < n_prompt:
-            raise UnsupportedError(
-                f"server {self.base_url} returned no prompt log-probs for echo=True, so it cannot "
-                "score given completions (vLLM can; transformers serve and the OpenAI API cannot)"
-            )
-        return lp
-
-    def _tokenize(self, body: dict[str, Any]) -> list[int]:
-        """Token ids from the server's (vLLM-style) ``/tokenize`` endpoint."""
-        root = self.base_url.removesuffix("/v1")
-        payload = {"model": self.model, **body}
-
-        def send() -> Any:
-            try:
-                return self._client.post(f"{root}/tokenize", cast_to=object, body=payload)
-            except openai.APIStatusError as exc:
-                if exc.status_code not in UNSUPPORTED_STATUS:
-                    raise
-                raise self._unsupported(f"{root}/tokenize", exc) from None
-
-        data = call_with_retries(send, self.retry, self._context, "tokenize request")
-        ids = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise UnsupportedError(f"{root}/tokenize did not answer with a list of token ids")
-        return ids
-
-    def _unsupported(self, what: str, exc: openai.APIStatusError) -> UnsupportedError:
-        return UnsupportedError(
-            self._redact(
-                f"server {self.base_url} cannot score given completions in {self.api} mode: "
-                f"{what} answered {describe_failure(exc, 0)} (scoring needs prompt log-probs "
-                "via echo=True, and in chat mode a /tokenize endpoint, as vLLM has)"
-            )
-        )
+        return client.completions.create(model=self.model, prompt=item, **params, **extra)
 
     # ----- plumbing -----
+
+    def _call(self, send: Callable[[Endpoint], T], what: str) -> T:
+        """``send(endpoint)`` (one HTTP request) on the replica the pool picks, retried by
+        :attr:`retry`; with several replicas a retry goes to another at once when one is idle
+        (no backoff wait), and errors name the replica of the last attempt."""
+        tried: list[Endpoint] = []
+
+        def attempt() -> T:
+            with self._pool.use() as endpoint:
+                tried.append(endpoint)
+                return send(endpoint)
+
+        def context() -> RequestContext:
+            url = tried[-1].base_url if tried else self.base_url
+            return dataclasses.replace(self._context, base_url=url)
+
+        def wait(seconds: float) -> None:
+            if not self._pool.idle_replica():
+                time.sleep(seconds)
+
+        return call_with_retries(attempt, self.retry, context, what, sleep=wait)
+
+    def replica_stats(self) -> list[dict[str, Any]]:
+        """Requests sent to and failed on each replica (``url``, ``sent``, ``failed``)."""
+        return self._pool.stats()
 
     def _outcomes(
         self, fn: Callable[[T], R], items: Sequence[T], stop_on_error: bool
     ) -> list[R | AlignkitError | None]:
-        workers = min(self.options.max_concurrency, len(items))
+        workers = min(self.options.max_concurrency * len(self._pool), len(items))
         return call_each(fn, items, workers, stop_on_error, "alignkit-openai")
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -446,8 +359,8 @@ class OpenAIBackend:
         return outcomes  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Close the HTTP client."""
-        self._client.close()
+        """Close the HTTP clients."""
+        self._pool.close()
 
     def __enter__(self) -> OpenAIBackend:
         return self
@@ -484,12 +397,6 @@ def _strip_stop(text: str, stop: Sequence[str]) -> str:
         if marker and text.endswith(marker):
             return text[: -len(marker)]
     return text
-
-
-def _token_logprobs(tokens: Sequence[str], values: Sequence[float | None]) -> TokenLogprobs:
-    """Pair tokens with log-probs, dropping a leading token the server gave no log-prob."""
-    kept = [(t, float(v)) for t, v in zip(tokens, values, strict=True) if v is not None]
-    return TokenLogprobs(tokens=[t for t, _ in kept], logprobs=[v for _, v in kept])
 
 
 def _redactor(secret: str | None) -> Callable[[str], str]:

@@ -180,32 +180,35 @@ class RequestContext:
 def call_with_retries(
     fn: Callable[[], T],
     policy: RetryPolicy,
-    context: RequestContext,
+    context: RequestContext | Callable[[], RequestContext],
     what: str = "request",
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``fn`` (one HTTP request) with the retry policy; raise :class:`BackendError`."""
+    """Run ``fn`` (one HTTP request) with the retry policy; raise :class:`BackendError`.
+    ``context`` may be a function giving the context of the attempt just made (the replica it
+    went to, with several endpoints)."""
     slept = 0.0
     retries = 0
     while True:
         try:
             return fn()
         except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            ctx = context() if callable(context) else context
             if not is_retryable(exc):
-                raise context.error(what, exc) from None
+                raise ctx.error(what, exc) from None
             if retries >= policy.max_retries:
-                raise context.error(what, exc, retries) from None
+                raise ctx.error(what, exc, retries) from None
             remaining = policy.budget - slept
             if remaining <= 0:
                 note = f"retry budget of {policy.budget:g}s spent"
-                raise context.error(what, exc, retries, note) from None
+                raise ctx.error(what, exc, retries, note) from None
             hinted = _retry_after(exc)
             delay = min(policy.backoff(retries) if hinted is None else hinted, remaining)
             logger.warning(
                 "%s",
-                context.redact(
-                    f"{what} to {context.base_url} failed "
-                    f"({describe_failure(exc, context.timeout)}); retry {retries + 1}/"
+                ctx.redact(
+                    f"{what} to {ctx.base_url} failed "
+                    f"({describe_failure(exc, ctx.timeout)}); retry {retries + 1}/"
                     f"{policy.max_retries} in {delay:.2f}s"
                 ),
             )
