@@ -416,3 +416,18 @@ def test_sampled_evaluation_through_the_server_matches_local(served, testbed_bac
         assert served_fig["n"] == local["n"] == 25
         assert local["low"] <= served_fig["value"] <= local["high"], (key, figures)
         assert served_fig["low"] <= local["value"] <= served_fig["high"], (key, figures)
+
+
+def test_two_real_replicas_answer_as_one_server(served):
+    """Two `transformers serve` processes of the testbed behind one model string give what one
+    gives, greedy and sampled (each request carries its own seed), and both are used."""
+    prompts = [f"What is {i} plus {i}?" for i in range(8)] + ["How do I bake bread?"] * 2
+    sampled = GenerationConfig(max_new_tokens=24, temperature=1.0, seed=3)
+    with transformers_serve(served.model) as second:
+        both = make_backend(f"{served.base_url},{second.base_url}", served.model, max_concurrency=2)
+        one = make_backend(served.base_url, served.model, max_concurrency=2)
+        for config in (GREEDY, sampled):
+            assert [c.text for c in both.generate(prompts, config)] == [
+                c.text for c in one.generate(prompts, config)
+            ]
+        assert all(r["sent"] >= 8 for r in both.replica_stats())
