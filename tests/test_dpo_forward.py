@@ -133,3 +133,24 @@ def test_compiled_layers_run_one_graph_for_every_layer(path, monkeypatch):
                                     share_prompt=path == "shared")  # fmt: skip
         out.logps.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_sampling_for_the_kl_estimate_runs_compiled_layers_eager(monkeypatch):
+    """Generation changes the KV cache's shapes at every step: compiled layers would recompile
+    step after step (past the limit, then eager anyway). Sampling runs them eager, and samples
+    as the plain model does."""
+    from alignkit.dpo.evaluation import sample_completions
+    from alignkit.dpo.model_io import compile_layers
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda module, **o: compile_module(module, backend="eager", **o)
+    )
+    plain, compiled = _llama(layers=2), _llama(layers=2)
+    compile_layers(compiled)
+    prompts = [ex.prompt_ids for ex in _examples(3, seed=2)]
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        got = sample_completions(compiled, prompts, pad_id=0, end_ids={1}, max_new_tokens=6)
+    want = sample_completions(plain, prompts, pad_id=0, end_ids={1}, max_new_tokens=6)
+    assert [s.completion_ids for s in got] == [s.completion_ids for s in want]

@@ -77,10 +77,11 @@ class _Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, testbed_path):
     """One process with batch 8, and two FSDP processes with batch 4 each, the reference sharded
-    too (no precomputed log-probs); both checkpoint every step."""
+    too (no precomputed log-probs) and the policy's layers compiled after sharding (``--compile``:
+    FSDP2's hooks stay outside the compiled graphs); both checkpoint every step."""
     made = _Runs(tmp_path_factory.mktemp("sharded"), testbed_path)
     made.one = made.single(made.root / "single", "--no-precompute-ref")
-    made.two = made.fsdp(made.root / "fsdp", "--no-precompute-ref")
+    made.two = made.fsdp(made.root / "fsdp", "--no-precompute-ref", "--compile")
     return made
 
 
@@ -149,7 +150,7 @@ def test_fsdp_resumes_its_checkpoint(runs, tmp_path):
     rows = [row for row in _rows(out) if row["step"] < STEPS]
     rows[0]["resumed-from-here"] = True  # kept by a resume; a fresh start would rewrite the file
     (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    runs.fsdp(out, "--no-precompute-ref", "--resume")
+    runs.fsdp(out, "--no-precompute-ref", "--compile", "--resume")
     assert _rows(out)[0].get("resumed-from-here")
     assert _losses(out) == pytest.approx(_losses(runs.two), abs=1e-6)  # measured: equal
     _assert_close_tensors(

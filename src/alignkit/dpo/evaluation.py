@@ -14,6 +14,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from alignkit.dpo.forward import SequenceLogps, get_log_probs, get_ref_log_probs
+from alignkit.dpo.model_io import eager_layers
 from alignkit.dpo.steps import StepResult, pair_margins, preference_step, soft_smoothing
 from alignkit.models.base import GenerationConfig
 from alignkit.models.hf_padding import pad_token_ids
@@ -64,15 +65,16 @@ def sample_completions(
     width = ids.shape[1]
     keys = sample_keys([json.dumps(p) for p in prompts], seed)
     sampler = GumbelSampler(GenerationConfig(temperature=1.0), keys, width, device)
-    out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=False,  # the argmax of the Gumbel-perturbed logits is the sample
-        logits_processor=LogitsProcessorList([sampler]),
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id,
-        eos_token_id=sorted(end_ids) or None,
-    )
+    with eager_layers():  # a compiled policy (--compile) would recompile at every step
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=False,  # the argmax of the Gumbel-perturbed logits is the sample
+            logits_processor=LogitsProcessorList([sampler]),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(end_ids) or None,
+        )
     samples = []
     for p, row in zip(prompts, out[:, width:].tolist(), strict=True):
         end = next((i for i, t in enumerate(row) if t in end_ids), len(row) - 1)

@@ -115,7 +115,8 @@ def compile_layers(model) -> int:
     (length-bucketed rows): torch recompiles once, then marks the length dynamic."""
     base = base_model(model)
     names = set(getattr(base, "_no_split_modules", None) or [])
-    layers = [module for module in base.modules() if type(module).__name__ in names]
+    # by class name along the MRO: FSDP2 swaps a sharded layer's class for a subclass
+    layers = [m for m in base.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not layers:
         raise ModelError(
             f"compile: {type(base).__name__} names no decoder layer class (_no_split_modules)"
@@ -123,3 +124,16 @@ def compile_layers(model) -> int:
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def eager_layers():
+    """A context in which layers compiled by :func:`compile_layers` run eager: generation
+    changes the KV cache's shapes and strides at every decoding step, so compiled layers would
+    recompile step after step until torch's recompile limit (then run eager anyway). Needs
+    ``torch.compiler.set_stance`` (torch 2.6+); older torch gets a no-op context."""
+    import contextlib
+
+    import torch
+
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()

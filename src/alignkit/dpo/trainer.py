@@ -45,7 +45,6 @@ from alignkit.dpo.sharding import (
     check_engine,
     gather_optimizer,
     gather_weights,
-    is_sharded,
     load_optimizer,
     reset_accelerate_state,
     shard_reference,
@@ -111,11 +110,6 @@ class DPOTrainer:
             cpu=cfg.device == "cpu",
         )
         check_engine(self.accelerator, cfg.lora)
-        if cfg.compile and is_sharded(self.accelerator):
-            raise ConfigError(
-                "compile is not run under FSDP here (FSDP2 would have to shard the compiled "
-                "layers); launch without --compile, or without the FSDP config"
-            )
         set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         check_writable_dir(self.output_dir)  # fails now, not after loading the model
