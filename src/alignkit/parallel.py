@@ -96,7 +96,7 @@ def sum_over_processes(
     if not torch.is_tensor(values):
         values = torch.tensor(list(values), dtype=torch.float64)
     if accelerator.num_processes > 1:
-        values = accelerator.reduce(values.to(accelerator.device, torch.float64), "sum")
+        values = accelerator.reduce(values.to(accelerator.device), "sum")
     return values.tolist()
 
 

@@ -159,7 +159,8 @@ def _step(value_model, batch, config, loop) -> tuple[float, float]:
     processes = loop.accelerator.num_processes
     loop.step(loss if processes == 1 else loss * (fraction * processes), config.max_grad_norm)
     # read back once, after the step is queued (a read before the backward idles a GPU)
-    figures = torch.stack([loss.detach(), accuracy]).double() * fraction
+    precise = torch.float32 if loss.device.type == "mps" else torch.float64  # MPS has no float64
+    figures = torch.stack([loss.detach(), accuracy]).to(precise) * fraction
     loss_sum, accuracy_sum = sum_over_processes(loop.accelerator, figures)
     return loss_sum, accuracy_sum
 
