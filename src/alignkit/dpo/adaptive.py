@@ -44,6 +44,7 @@ from torch import Tensor
 
 from alignkit.dpo.losses import PreferenceLogps
 from alignkit.errors import ConfigError
+from alignkit.models.hf_loading import precise_float
 
 __all__ = ["AdaptiveDPO", "AdaptiveStep"]
 
@@ -130,8 +131,7 @@ class AdaptiveDPO:
         """:meth:`step` from precomputed margins ``[B]`` (e.g. gathered over all ranks)."""
         if margins.dim() != 1 or margins.numel() == 0:
             raise ValueError(f"margins must be a non-empty 1-D tensor, got {tuple(margins.shape)}")
-        precise = torch.float32 if margins.device.type == "mps" else torch.float64
-        values = margins.detach().to(precise)
+        values = margins.detach().to(precise_float(margins.device))
         batch_mean = values.mean()
         batch_std = values.std() if values.numel() > 1 else torch.zeros_like(batch_mean)
         m = self.momentum

@@ -37,6 +37,11 @@ def resolve_device(option: str) -> torch.device:
         raise ModelError(f"device {option!r} is not valid: {exc}") from None
 
 
+def precise_float(device: torch.device) -> torch.dtype:
+    """float64 where ``device`` has it, for statistics kept across steps; MPS has none: float32."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def resolve_dtype(option: str, device: torch.device) -> torch.dtype:
     """``'auto'`` is bfloat16 on a CUDA device that supports it, else float32."""
     if option == "auto":

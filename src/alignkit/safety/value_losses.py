@@ -98,8 +98,14 @@ def cost_model_loss(
     return loss.mean()
 
 
+def pairwise_hit_rate(better_scores: torch.Tensor, worse_scores: torch.Tensor) -> torch.Tensor:
+    """Fraction of pairs whose better response scores strictly higher (ties count as wrong), as
+    a 0-dim tensor where the scores are (not read back; NaN for no pairs)."""
+    return (better_scores > worse_scores).float().mean()
+
+
 def pairwise_accuracy(better_scores: torch.Tensor, worse_scores: torch.Tensor) -> float:
-    """Fraction of pairs whose better response scores strictly higher (ties count as wrong)."""
+    """:func:`pairwise_hit_rate` as a float."""
     if better_scores.numel() == 0:
         return float("nan")
-    return (better_scores > worse_scores).float().mean().item()
+    return pairwise_hit_rate(better_scores, worse_scores).item()

@@ -24,10 +24,12 @@ import torch
 
 from alignkit.atomic import write_text
 from alignkit.errors import ConfigError
+from alignkit.models.hf_loading import precise_float
 from alignkit.safety.value_config import ValueModelConfig
 from alignkit.safety.value_losses import (
     bradley_terry_loss,
     cost_model_loss,
+    pairwise_hit_rate,
     safety_signs,
 )
 from alignkit.safety.value_model import (
@@ -57,9 +59,9 @@ def pair_loss(
     chosen, rejected = scores[: len(batch)], scores[len(batch) :]
     if config.kind == "reward":
         loss = bradley_terry_loss(chosen, rejected, margin, config.center_coef)
-        return loss, (chosen > rejected).float().mean()
+        return loss, pairwise_hit_rate(chosen, rejected)
     loss = cost_model_loss(chosen, rejected, *signs, margin)
-    return loss, (chosen < rejected).float().mean()  # the better response costs less
+    return loss, pairwise_hit_rate(-chosen, -rejected)  # the better response costs less
 
 
 def _optimizer(model: torch.nn.Module, config: ValueModelConfig, total_steps: int):
@@ -159,8 +161,7 @@ def _step(value_model, batch, config, loop) -> tuple[float, float]:
     processes = loop.accelerator.num_processes
     loop.step(loss if processes == 1 else loss * (fraction * processes), config.max_grad_norm)
     # read back once, after the step is queued (a read before the backward idles a GPU)
-    precise = torch.float32 if loss.device.type == "mps" else torch.float64  # MPS has no float64
-    figures = torch.stack([loss.detach(), accuracy]).to(precise) * fraction
+    figures = torch.stack([loss.detach(), accuracy]).to(precise_float(loss.device)) * fraction
     loss_sum, accuracy_sum = sum_over_processes(loop.accelerator, figures)
     return loss_sum, accuracy_sum
 
