@@ -430,4 +430,8 @@ def test_two_real_replicas_answer_as_one_server(served):
             assert [c.text for c in both.generate(prompts, config)] == [
                 c.text for c in one.generate(prompts, config)
             ]
-        assert all(r["sent"] >= 8 for r in both.replica_stats())
+        # The split follows the replicas' speed (least in flight), which depends on the
+        # machine's load: only "both took part" is asserted here; the balance is asserted
+        # with fake servers in test_openai_replicas.py.
+        sent = [r["sent"] for r in both.replica_stats()]
+        assert sum(sent) >= 2 * len(prompts) and min(sent) >= 2, sent
