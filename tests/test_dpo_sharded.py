@@ -32,6 +32,7 @@ from alignkit.testbed.preferences import preference_pairs, write_jsonl
 
 ZERO3_CONFIG = EXAMPLES / "deepspeed-zero3.yaml"
 STEPS = 3
+LORA = ("--lora", "--sft-epochs", "1")
 
 
 def _rows(out: Path) -> list[dict]:
@@ -137,12 +138,11 @@ def test_fsdp_matches_one_process(runs):
     _assert_close_tensors(model.state_dict(), reference.state_dict(), atol=1e-4)
 
 
-@pytest.mark.timeout(600)
-def test_fsdp_resumes_its_checkpoint(runs, tmp_path):
-    """A run cut after step 2 resumes under FSDP (the gathered weights and optimizer state are
-    scattered back into the shards) and ends with the uninterrupted run's weights."""
-    out = tmp_path / "resumed"
-    shutil.copytree(runs.two, out)
+def _cut_last_step(run: Path, out: Path) -> None:
+    """``run`` at ``out`` (a copy, or ``run`` itself) as a run killed after its last but one
+    checkpoint left it."""
+    if out != run:
+        shutil.copytree(run, out)
     shutil.rmtree(out / f"checkpoints/step-{STEPS:06d}")
     shutil.rmtree(out / "final")
     (out / "summary.json").unlink()
@@ -150,6 +150,14 @@ def test_fsdp_resumes_its_checkpoint(runs, tmp_path):
     rows = [row for row in _rows(out) if row["step"] < STEPS]
     rows[0]["resumed-from-here"] = True  # kept by a resume; a fresh start would rewrite the file
     (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_resumes_its_checkpoint(runs, tmp_path):
+    """A run cut after step 2 resumes under FSDP (the gathered weights and optimizer state are
+    scattered back into the shards) and ends with the uninterrupted run's weights."""
+    out = tmp_path / "resumed"
+    _cut_last_step(runs.two, out)
     runs.fsdp(out, "--no-precompute-ref", "--compile", "--resume")
     assert _rows(out)[0].get("resumed-from-here")
     assert _losses(out) == pytest.approx(_losses(runs.two), abs=1e-6)  # measured: equal
@@ -168,6 +176,94 @@ def test_fsdp_precomputes_the_reference_sharded(runs, tmp_path):
     assert list((tmp_path / "cache" / "ref_logps").glob("*.safetensors"))
     assert all([r["trainable"] for r in rank] == [True] for rank in fsdp_records(out))
     assert _losses(out) == pytest.approx(_losses(runs.one), abs=1e-4)  # measured: 2e-7
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory, testbed_path):
+    """LoRA SFT (merged into the model DPO starts from), then DPO with a new LoRA adapter (its
+    reference: the adapter switched off), in one process and in two FSDP processes."""
+    made = _Runs(tmp_path_factory.mktemp("sharded-lora"), testbed_path)
+    made.one = made.single(made.root / "single", *LORA)
+    made.two = made.fsdp(made.root / "fsdp", *LORA)
+    return made
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_trains_lora_as_one_process(lora_runs):
+    one, two = lora_runs.one, lora_runs.two
+    records = fsdp_records(two)  # the SFT model, then the DPO policy: both sharded
+    assert [len(rank) for rank in records] == [2, 2]
+    for first, second in zip(*records, strict=True):
+        assert first["local"] + second["local"] == first["total"] > second["local"]
+    # SFT's adapter was gathered and merged into an unsharded copy: the one-process model
+    _assert_close_tensors(
+        load_file(two / "sft" / "model.safetensors"),
+        load_file(one / "sft" / "model.safetensors"),
+        atol=1e-4,
+    )
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
+    assert _rows(two)[-1] == pytest.approx(_rows(one)[-1], abs=1e-4)  # evaluation, KL
+    # checkpoints and the final adapter hold the adapter only, as one process writes them
+    last = f"checkpoints/step-{STEPS:06d}"
+    weights = load_file(two / last / "weights.safetensors")
+    assert weights and all("lora_" in key for key in weights)
+    _assert_close_tensors(weights, load_file(one / last / "weights.safetensors"), atol=1e-4)
+    state_one, state_two = (
+        torch.load(run / last / "trainer_state.pt", weights_only=True)["optimizer"]
+        for run in (one, two)
+    )
+    assert state_two["param_groups"] == state_one["param_groups"]
+    for index, moments in state_one["state"].items():
+        _assert_close_tensors(state_two["state"][index], moments, atol=1e-5)
+    adapter = "final/adapter_model.safetensors"
+    _assert_close_tensors(load_file(two / adapter), load_file(one / adapter), atol=1e-4)
+
+    # cut after step 2 and resumed (in place: the DPO stage's model is the run's own SFT model,
+    # by path): the adapter is scattered back into the shards
+    losses, final = _losses(two), load_file(two / adapter)
+    _cut_last_step(two, two)
+    lora_runs.fsdp(two, *LORA, "--resume")
+    assert _rows(two)[0].get("resumed-from-here")
+    assert _losses(two) == pytest.approx(losses, abs=1e-6)
+    _assert_close_tensors(load_file(two / adapter), final, atol=1e-6)
+
+
+def test_an_adapter_is_gathered_alone_and_merged_into_a_copy(testbed_path, monkeypatch):
+    """In one gloo process: checkpoints gather only what trains (the frozen base of a large model
+    never comes to the host for them), and the merged copy equals peft's own merge of an
+    unsharded model, while the sharded model keeps its adapter."""
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.dpo.sharding import gather_weights, merged_copy
+
+    def adapted():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(testbed_path)
+        lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        return get_peft_model(model, lora)
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        sharded, plain = adapted(), adapted()
+        fully_shard(sharded)
+        accelerator = SimpleNamespace(
+            distributed_type=DistributedType.FSDP, is_main_process=True, unwrap_model=lambda m: m
+        )
+        adapter = gather_weights(accelerator, sharded, trainable_only=True)
+        assert adapter and all("lora_" in key for key in adapter)
+        assert len(adapter) == sum(p.requires_grad for p in plain.parameters())
+        merged = merged_copy(sharded, gather_weights(accelerator, sharded))
+        expected = plain.merge_and_unload().state_dict()
+        _assert_close_tensors(merged.state_dict(), expected, atol=1e-6)
+        assert type(merged) is type(plain.get_base_model())  # not FSDP's subclass
+        assert hasattr(sharded, "peft_config")  # the sharded model is untouched
+    finally:
+        dist.destroy_process_group()
 
 
 def test_fsdp_example_config(testbed_path, monkeypatch):
@@ -225,17 +321,16 @@ def test_deepspeed_example_config(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("kind", "fsdp2", "lora", "message"),
+    ("kind", "fsdp2", "message"),
     [
-        (DistributedType.DEEPSPEED, False, False, "does not train under DeepSpeed"),
-        (DistributedType.FSDP, False, False, "fsdp_version: 2"),
-        (DistributedType.FSDP, True, True, "LoRA is not trained under FSDP"),
+        (DistributedType.DEEPSPEED, False, "does not train under DeepSpeed"),
+        (DistributedType.FSDP, False, "fsdp_version: 2"),
     ],
 )
-def test_trainer_refuses_what_it_cannot_checkpoint(kind, fsdp2, lora, message):
+def test_trainer_refuses_what_it_cannot_checkpoint(kind, fsdp2, message):
     accelerator = SimpleNamespace(distributed_type=kind, is_fsdp2=fsdp2)
     with pytest.raises(ConfigError, match=message):
-        check_engine(accelerator, lora)
+        check_engine(accelerator)
     for fine in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        check_engine(SimpleNamespace(distributed_type=fine, is_fsdp2=False), lora)
-    check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True), False)
+        check_engine(SimpleNamespace(distributed_type=fine, is_fsdp2=False))
+    check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True))

@@ -25,17 +25,17 @@ from alignkit.errors import ConfigError
 T = TypeVar("T")
 
 
-def training_accelerator(device: str, lora: bool, trainer: str) -> Accelerator:
+def training_accelerator(device: str, trainer: str) -> Accelerator:
     """A fresh ``Accelerator`` for one training loop: fp32 (these loops train in full precision
     whatever an accelerate config says) and one optimizer step per global batch.
 
     Refuses (ConfigError, named after ``trainer``) what :func:`~alignkit.dpo.sharding.check_engine`
-    refuses (DeepSpeed, FSDP1, LoRA under FSDP) and an accelerate config with gradient
+    refuses (DeepSpeed, FSDP1) and an accelerate config with gradient
     accumulation, which would divide every loss by its steps while the loop steps each batch.
     """
     reset_accelerate_state()  # after an earlier trainer in this process: this loop's settings
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    check_engine(accelerator, lora, trainer)
+    check_engine(accelerator, trainer)
     if accelerator.gradient_accumulation_steps != 1:
         raise ConfigError(
             f"{trainer} takes one optimizer step per global batch: remove "

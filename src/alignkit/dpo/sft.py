@@ -29,14 +29,14 @@ def supervised_finetune(config: DPOConfig, out: Path, examples: Sequence | None 
     The optimizer settings are the DPO config's (AdamW, ``scheduler`` with ``warmup_steps``,
     ``weight_decay``, ``max_grad_norm``). With ``config.lora`` a LoRA adapter is trained and
     merged into the weights that are saved, so ``out`` always holds a whole model that the next
-    stage can start from (LoRA is refused under FSDP, whose shards it could not merge).
+    stage can start from (under FSDP the gathered adapter is merged into an unsharded copy).
     """
     from transformers import get_scheduler
 
     from alignkit.dpo.model_io import load_policy, with_adapter
     from alignkit.parallel import Optimisation, training_accelerator
 
-    accelerator = training_accelerator(config.device, config.lora, "SFT")
+    accelerator = training_accelerator(config.device, "SFT")
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config)
     model = with_adapter(model, config)
@@ -137,14 +137,14 @@ def _save(accelerator, model, tokenizer, out: Path) -> None:
     """The trained model (a LoRA adapter merged in) and the tokenizer in Hugging Face format at
     ``out``, written by the main process; under FSDP every process first takes part in
     gathering the whole state dict from the shards."""
-    from alignkit.dpo.sharding import gather_weights
+    from alignkit.dpo.sharding import gather_weights, is_adapter, merged
 
     accelerator.wait_for_everyone()
     weights = gather_weights(accelerator, model)  # None without FSDP: the model's own
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
+        if is_adapter(model):
+            model, weights = merged(model, weights)
         model.save_pretrained(out, safe_serialization=True, state_dict=weights)
         tokenizer.save_pretrained(out)
     accelerator.wait_for_everyone()

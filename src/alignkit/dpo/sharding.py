@@ -1,7 +1,8 @@
 """DPO, SFT and the value models under FSDP2 (``accelerate launch`` with an FSDP config): the
 policy (and DPO's frozen reference) is sharded across the processes, and checkpoints and saved
 models are gathered into the format one process writes (whole tensors, optimizer parameters
-numbered in order).
+numbered in order). A LoRA adapter trains on the sharded base: its checkpoints gather the
+adapter alone, and a merge happens in an unsharded copy built from the gathered weights.
 
 Without FSDP every function here does what the trainer did before: nothing is gathered, only the
 main process reads the optimizer state. Under FSDP every process must call them (they gather
@@ -22,7 +23,7 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def check_engine(accelerator: Accelerator, lora: bool, trainer: str = "alignkit dpo") -> None:
+def check_engine(accelerator: Accelerator, trainer: str = "alignkit dpo") -> None:
     """Refuse the distributed set-ups whose checkpoints and saved models ``trainer`` (named in
     the message: DPO, SFT, the value models) cannot gather exactly."""
     kind = accelerator.distributed_type
@@ -37,12 +38,6 @@ def check_engine(accelerator: Accelerator, lora: bool, trainer: str = "alignkit 
         raise ConfigError(
             f"{trainer} supports FSDP2 only: set fsdp_version: 2 in the accelerate config "
             "(see examples/accelerate/fsdp.yaml)"
-        )
-    if kind == DistributedType.FSDP and lora:
-        raise ConfigError(
-            f"LoRA is not trained under FSDP by {trainer} (its adapter is not gathered from the "
-            "shards, for checkpoints or merging); launch LoRA runs without an FSDP config (data "
-            "parallel): the base model is frozen and only the adapter's gradients are synchronised"
         )
 
 
@@ -78,12 +73,23 @@ def _options():
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def gather_weights(accelerator: Accelerator, model) -> dict[str, Any] | None:
-    """The whole state dict of a sharded ``model`` on the main process (accelerate gathers it);
-    None without FSDP (the model's own state dict is complete) and on the other processes."""
+def gather_weights(
+    accelerator: Accelerator, model, trainable_only: bool = False
+) -> dict[str, Any] | None:
+    """The whole state dict of a sharded ``model`` on the main process; None without FSDP (the
+    model's own state dict is complete) and on the other processes.
+
+    ``trainable_only``: only the parameters that train (a LoRA adapter, a value model's head),
+    for checkpoints and adapters: the frozen base of a large model is never gathered onto the
+    main process's host memory for them."""
     if not is_sharded(accelerator):
         return None
-    state = accelerator.get_state_dict(model)
+    if trainable_only:  # torch's ignore_frozen_params would still gather a tied output layer
+        return _gather_trainable(accelerator, model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
     if not accelerator.is_main_process:
         return None
     # tied weights (an embedding used as the output layer) come back as copies: make them one
@@ -94,6 +100,55 @@ def gather_weights(accelerator: Accelerator, model) -> dict[str, Any] | None:
         if original != key and original in state and key in state:
             state[key] = state[original]
     return state
+
+
+def _gather_trainable(accelerator: Accelerator, model) -> dict[str, Any] | None:
+    """The parameters that train, each all-gathered from its shards (every process takes part),
+    on the main process's CPU."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+            state[name] = whole.detach().cpu()
+    return state if accelerator.is_main_process else None
+
+
+def is_adapter(model) -> bool:
+    """Whether ``model`` (wrapped or not) is a PEFT model: it trains an adapter."""
+    return hasattr(model, "peft_config")
+
+
+def merged(model, weights: dict[str, Any] | None, keep: bool = False) -> tuple[Any, None]:
+    """``(model, state dict)`` to save for the PEFT ``model`` with its adapter merged in. Sharded
+    (``weights``: gathered by :func:`gather_weights`): an unsharded merged copy; else peft's
+    ``merge_and_unload``, on a copy if ``keep`` (it merges in place). The state dict is None:
+    the returned model's own is complete."""
+    import copy
+
+    if weights is not None:
+        return merged_copy(model, weights), None
+    return (copy.deepcopy(model) if keep else model).merge_and_unload(), None
+
+
+def merged_copy(model, state: dict[str, Any]):
+    """The PEFT ``model``, sharded under FSDP, with its adapter merged in: a new unsharded model
+    of the same classes on the CPU, built on the meta device, given the gathered whole
+    ``state`` and merged by peft (``merge_and_unload``). The sharded model is left as it is."""
+    import copy
+
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from torch.distributed.fsdp import FSDPModule
+
+    base = model.get_base_model()
+    # FSDP2 swaps each sharded module's class for a subclass of it and FSDPModule
+    cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+    adapter = model.active_adapter
+    with init_empty_weights(include_buffers=False):
+        skeleton = cls._from_config(copy.deepcopy(base.config))
+        skeleton = get_peft_model(skeleton, copy.deepcopy(model.peft_config[adapter]), adapter)
+    skeleton.load_state_dict(state, strict=True, assign=True)
+    return skeleton.merge_and_unload()
 
 
 def gather_optimizer(accelerator: Accelerator, model, optimizer) -> dict[str, Any] | None:

@@ -45,7 +45,9 @@ from alignkit.dpo.sharding import (
     check_engine,
     gather_optimizer,
     gather_weights,
+    is_adapter,
     load_optimizer,
+    merged,
     reset_accelerate_state,
     shard_reference,
     weight_loader,
@@ -109,7 +111,7 @@ class DPOTrainer:
             mixed_precision="bf16" if cfg.precision == "bf16" else "no",
             cpu=cfg.device == "cpu",
         )
-        check_engine(self.accelerator, cfg.lora)
+        check_engine(self.accelerator)
         set_seed(cfg.seed)
         self.output_dir = Path(cfg.output_dir)
         check_writable_dir(self.output_dir)  # fails now, not after loading the model
@@ -415,7 +417,7 @@ class DPOTrainer:
     def save_checkpoint(self) -> Path | None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        weights = gather_weights(acc, self.model)  # every process: FSDP gathers the shards
+        weights = gather_weights(acc, self.model, is_adapter(self.model))  # every process (FSDP)
         optimizer = gather_optimizer(acc, self.model, self.optimizer)
         if not acc.is_main_process:
             return None
@@ -478,11 +480,12 @@ class DPOTrainer:
         default = path is None
         path = Path(path or self.output_dir / "final")
         self.accelerator.wait_for_everyone()
-        weights = gather_weights(self.accelerator, self.model)  # every process, under FSDP
+        merge = merge_lora and is_adapter(self.model)  # else an adapter is saved alone
+        weights = gather_weights(self.accelerator, self.model, is_adapter(self.model) and not merge)
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
-            if merge_lora and hasattr(model, "merge_and_unload"):
-                model = copy.deepcopy(model).merge_and_unload()
+            if merge:
+                model, weights = merged(model, weights, keep=True)
             atomic = default or not path.exists()
             target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if atomic else path
             if atomic:

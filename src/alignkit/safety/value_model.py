@@ -189,15 +189,21 @@ class ValueModel:
 
         ``weights``: the whole state dict where the model cannot give it itself (a model sharded
         under FSDP: :func:`~alignkit.dpo.sharding.gather_weights` gathers it)."""
+        from alignkit.dpo.sharding import is_adapter, merged
+
         directory = Path(directory)
-        if hasattr(self.model, "peft_config"):
-            self.model = self.model.merge_and_unload()
+        model = self.model
+        if is_adapter(model):
+            sharded = weights is not None
+            model, weights = merged(model, weights)
+            if not sharded:
+                self.model = model  # peft merged it in place
         directory.mkdir(parents=True, exist_ok=True)
         (directory / METADATA_FILE).unlink(missing_ok=True)  # not a value model until the end
         tmp = directory / f".saving.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             move_files_into(tmp, directory)  # each file whole; other files stay
         finally:

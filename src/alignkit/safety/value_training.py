@@ -87,8 +87,7 @@ def train_value_model(
     from :func:`evaluate_pairwise`; with ``config.output_dir`` both are saved there too, and go
     to ``config.report_to``'s trackers (run ``reward-model`` or ``cost-model``). Under several
     processes every process returns the trained model (under FSDP still sharded: score it from
-    every process together, or load the saved directory); LoRA under FSDP and DeepSpeed are
-    refused (ConfigError).
+    every process together, or load the saved directory); DeepSpeed is refused (ConfigError).
     """
     from alignkit.parallel import Optimisation, training_accelerator
     from alignkit.tracking import Tracking
@@ -97,7 +96,7 @@ def train_value_model(
         raise ConfigError("report_to needs output_dir: the trackers write there")
     records = check_records(train_records, config.dimension)
     held_out = check_records(eval_records, config.dimension, "eval") if eval_records else None
-    accelerator = training_accelerator(config.device, config.lora, "value-model training")
+    accelerator = training_accelerator(config.device, "value-model training")
     value_model = load_backbone(config)
     optimizer, schedule = _optimizer(value_model.model, config, _total_steps(records, config))
     loop = Optimisation.prepare(accelerator, value_model.model, optimizer, schedule)
