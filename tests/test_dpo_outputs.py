@@ -137,6 +137,30 @@ def test_resume_with_other_settings_is_refused(run_copy, no_model, tmp_path, cha
     assert snapshot(run) == before
 
 
+def test_the_sft_stage_model_is_named_relative_to_its_run(tmp_path):
+    """A run with an SFT stage trains DPO from ``hf:OUTPUT_DIR/sft``: a copy of the run folder
+    elsewhere has the same settings (the 2-process LoRA test of tests/test_dpo_sharded.py
+    resumes such a copy), a model outside the folder keeps its path."""
+    from alignkit.dpo.outputs import run_settings, settings_changes
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+
+    def settings(run: Path, model: str | None = None) -> dict:
+        model = model or f"hf:{run / 'sft'}"
+        return run_settings(DPOConfig(model=model, data=str(data), output_dir=str(run)))
+
+    here, there = settings(tmp_path / "a" / "run"), settings(tmp_path / "b" / "run")
+    assert here == there and here["model"] == "hf:<run>/sft"
+    outside = settings(tmp_path / "a" / "run", f"hf:{tmp_path / 'a' / 'sft'}")
+    assert outside["model"] == f"hf:{tmp_path / 'a' / 'sft'}"
+    assert settings(tmp_path / "run", "testbed")["model"] == "testbed"
+    # a run recorded by an older alignkit (the absolute path) still resumes
+    older = {**here, "model": f"hf:{tmp_path / 'a' / 'run' / 'sft'}"}
+    assert settings_changes(older, here) == []
+    assert settings_changes({**here, "model": "hf:/elsewhere/model"}, here)
+
+
 def test_resume_with_nothing_to_resume_is_refused(finished, tmp_path, monkeypatch):
     """--resume used to start a fresh run silently. resume: true in a config file still starts
     one: one file serves the first run and every rerun (what the safety launcher writes)."""

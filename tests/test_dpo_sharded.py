@@ -139,10 +139,8 @@ def test_fsdp_matches_one_process(runs):
 
 
 def _cut_last_step(run: Path, out: Path) -> None:
-    """``run`` at ``out`` (a copy, or ``run`` itself) as a run killed after its last but one
-    checkpoint left it."""
-    if out != run:
-        shutil.copytree(run, out)
+    """A copy of ``run`` at ``out`` as a run killed after its last but one checkpoint left it."""
+    shutil.copytree(run, out)
     shutil.rmtree(out / f"checkpoints/step-{STEPS:06d}")
     shutil.rmtree(out / "final")
     (out / "summary.json").unlink()
@@ -189,7 +187,7 @@ def lora_runs(tmp_path_factory, testbed_path):
 
 
 @pytest.mark.timeout(600)
-def test_fsdp_trains_lora_as_one_process(lora_runs):
+def test_fsdp_trains_lora_as_one_process(lora_runs, tmp_path):
     one, two = lora_runs.one, lora_runs.two
     records = fsdp_records(two)  # the SFT model, then the DPO policy: both sharded
     assert [len(rank) for rank in records] == [2, 2]
@@ -218,14 +216,14 @@ def test_fsdp_trains_lora_as_one_process(lora_runs):
     adapter = "final/adapter_model.safetensors"
     _assert_close_tensors(load_file(two / adapter), load_file(one / adapter), atol=1e-4)
 
-    # cut after step 2 and resumed (in place: the DPO stage's model is the run's own SFT model,
-    # by path): the adapter is scattered back into the shards
-    losses, final = _losses(two), load_file(two / adapter)
-    _cut_last_step(two, two)
-    lora_runs.fsdp(two, *LORA, "--resume")
-    assert _rows(two)[0].get("resumed-from-here")
-    assert _losses(two) == pytest.approx(losses, abs=1e-6)
-    _assert_close_tensors(load_file(two / adapter), final, atol=1e-6)
+    # a copy cut after step 2 and resumed (its DPO stage trains the copy's own SFT model): the
+    # adapter is scattered back into the shards
+    out = tmp_path / "resumed"
+    _cut_last_step(two, out)
+    lora_runs.fsdp(out, *LORA, "--resume")
+    assert _rows(out)[0].get("resumed-from-here")
+    assert _losses(out) == pytest.approx(_losses(two), abs=1e-6)
+    _assert_close_tensors(load_file(out / adapter), load_file(two / adapter), atol=1e-6)
 
 
 def test_an_adapter_is_gathered_alone_and_merged_into_a_copy(testbed_path, monkeypatch):

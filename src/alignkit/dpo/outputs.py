@@ -108,12 +108,32 @@ def data_digest(path: Path | str | None) -> str | None:
 def run_settings(config) -> dict[str, Any]:
     """The settings that decide what a run trains: every option of ``config`` but
     :data:`UNCHECKED` ones, with ``data`` as its content's digest (a moved but identical file is
-    the same data, a rewritten one is not)."""
+    the same data, a rewritten one is not) and a model inside the run's own folder (the SFT
+    stage's) named relative to it, so that a run folder moved or copied elsewhere resumes."""
     settings = {
         key: value for key, value in config.model_dump(mode="json").items() if key not in UNCHECKED
     }
     settings["data"] = data_digest(config.data)
+    settings["model"] = _model_in_run(config.model, config.output_dir)
     return settings
+
+
+def _model_in_run(model: str, output_dir: str | Path | None) -> str:
+    """``hf:<run>/sft`` for ``hf:OUTPUT_DIR/sft``; any other model string as it is."""
+    if output_dir is None or not model.startswith("hf:"):
+        return model
+    try:
+        inside = Path(model[3:]).resolve().relative_to(Path(output_dir).resolve())
+    except ValueError:
+        return model
+    return f"hf:<run>/{inside.as_posix()}"
+
+
+def _older_run_model(saved: str, now: str) -> bool:
+    """Whether ``saved`` is how alignkit before 2026-12-07 recorded ``now``, a model inside the
+    run's folder: by its absolute path (``hf:/runs/a/sft`` for ``hf:<run>/sft``)."""
+    inside = now.removeprefix("hf:<run>")
+    return inside != now and saved.startswith("hf:/") and saved.endswith(inside)
 
 
 def total_of(config) -> dict[str, Any]:
@@ -129,6 +149,8 @@ def settings_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     changes = []
     for key in sorted(set(saved) & set(now)):
         if saved[key] == now[key] or (key == "data" and now[key] is None):
+            continue
+        if key == "model" and _older_run_model(saved[key], now[key]):
             continue
         if key == "data":
             changes.append("data: its content changed")
