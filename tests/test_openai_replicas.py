@@ -129,3 +129,42 @@ def test_cli_generates_through_replicas(tmp_path):
         assert result.exit_code == 0, result.output
         assert a.count("/v1/chat/completions") > 0 and b.count("/v1/chat/completions") > 0
     assert len(out.read_text().splitlines()) == 6
+
+
+def test_adding_a_replica_keeps_cached_calls_and_finished_stages(tmp_path):
+    """Replicas serve the model of the first URL: the evaluation cache's model identity and the
+    pipeline's stage identities leave the others out (the same cache entries are read and no
+    finished stage is refused after a replica is added); another first URL is another model."""
+    from types import SimpleNamespace
+
+    from alignkit.evaluation.cache import model_identity
+    from alignkit.pipeline.config import STAGES, PipelineConfig
+    from alignkit.pipeline.runner import AlignmentPipeline
+
+    one, two, other = (
+        "openai:m@http://a/v1",
+        "openai:m@http://a/v1,http://b/v1",
+        "openai:m@http://b/v1",
+    )
+    assert ModelSpec.parse(two).identity == one and ModelSpec.parse(one).identity == one
+
+    def cached(model: str) -> str | None:
+        return model_identity(SimpleNamespace(spec=ModelSpec.parse(model), options=None))
+
+    assert cached(two) == cached(one) != cached(other)
+
+    def stages(model: str) -> dict[str, str]:
+        config = PipelineConfig(
+            model="testbed",
+            serve_model=model,
+            output_dir=str(tmp_path),
+            redteam={"attacks": ["templates"]},
+        )
+        pipeline = AlignmentPipeline(config)
+        return {stage: pipeline.identity(stage, {}) for stage in STAGES}
+
+    assert stages(two) == stages(one)
+    assert all(
+        mine != theirs
+        for mine, theirs in zip(stages(other).values(), stages(one).values(), strict=True)
+    )

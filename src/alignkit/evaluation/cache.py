@@ -1,11 +1,11 @@
 """A persistent cache of model calls, so evaluations are cheap to repeat and resume after a crash.
 
-A call is keyed on what decides its answer: the model's identity (its name, the size and
-modification time of its weight files, and the backend options that change outputs, such as
-the chat template and system prompt), the operation, the prompt (and completion, for
-log-probs) and the generation settings. A sampled completion's key also holds the sampling
-rule's version and the prompt's occurrence among equal prompts of the call, the two things
-besides the seed that its randomness depends on (:mod:`alignkit.models.sampling`).
+A call is keyed on what decides its answer: the model's identity (its name or server, extra
+replicas left out; the size and modification time of its weight files; the backend options that
+change outputs, such as the chat template and system prompt), the operation, the prompt (and
+completion, for log-probs) and the generation settings. A sampled completion's key also holds
+the sampling rule's version and the prompt's occurrence among equal prompts of the call, the
+two things besides the seed that its randomness depends on (:mod:`alignkit.models.sampling`).
 Operational settings (batch size, device, concurrency, timeouts, retries) are not part of the
 key, and sampled text does not depend on them either: a rerun with another batch size reuses
 every entry, and a half-filled cache gives the same completions as an empty one.
@@ -65,7 +65,7 @@ def model_identity(backend: ModelBackend) -> str | None:
         files["model"] = _files_signature(Path(spec.path))
         if spec.adapter:
             files["adapter"] = _files_signature(Path(spec.adapter))
-    return json.dumps({"model": str(spec), "options": opts, "files": files}, sort_keys=True)
+    return json.dumps({"model": spec.identity, "options": opts, "files": files}, sort_keys=True)
 
 
 def call_key(identity: str, operation: str, *parts: Any) -> str:

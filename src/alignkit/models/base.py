@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -257,9 +257,30 @@ class ModelSpec:
         """The replicas' base URLs of an openai model string (one unless several are given)."""
         return [u.strip() for u in (self.base_url or "").split(",") if u.strip()]
 
+    @property
+    def identity(self) -> str:
+        """The model string less its extra replicas: what decides the answers. Replicas serve
+        the model of the first URL, and each request carries its own seed, so which replica
+        answered does not change an answer (tests/test_openai_backend.py): adding or removing
+        a replica keeps caches and resumable stages keyed on this."""
+        if self.kind == "openai" and len(self.base_urls) > 1:
+            return f"openai:{self.model}@{self.base_urls[0]}"
+        return str(self)
+
     def __str__(self) -> str:
         if self.kind == "testbed":
             return "testbed"
         if self.kind == "openai":
             return f"openai:{self.model}@{self.base_url}"
         return f"hf:{self.path}" + (f"+{self.adapter}" if self.adapter else "")
+
+
+def replica_free(text: Any) -> Any:
+    """``text`` with an openai model string's extra replicas left out (:attr:`ModelSpec.identity`),
+    any other value (another model string, not a string) as it is."""
+    if not isinstance(text, str) or not text.startswith("openai:") or "," not in text:
+        return text
+    try:
+        return ModelSpec.parse(text).identity
+    except ModelError:
+        return text

@@ -2,11 +2,12 @@
 
 Each finished stage leaves ``<output_dir>/<stage>/stage.json`` with its outputs, its duration
 and the *identity* of the settings that shaped it (a digest of its section, the shared options
-and the identities of the stages it reads). A rerun keeps finished stages whose identity still
-matches and continues at the first unfinished one; a stage interrupted midway resumes inside
-itself (the campaign store, the AI-feedback chunks, the DPO rounds). A finished or started
-stage whose settings changed is refused (one line, exit 2) unless ``redo_from`` names it or an
-earlier stage: then that stage and every later one start afresh.
+and the identities of the stages it reads; extra replicas of an openai model string left out,
+so adding one to ``serve_model`` keeps every finished stage). A rerun keeps finished stages
+whose identity still matches and continues at the first unfinished one; a stage interrupted
+midway resumes inside itself (the campaign store, the AI-feedback chunks, the DPO rounds). A
+finished or started stage whose settings changed is refused (one line, exit 2) unless
+``redo_from`` names it or an earlier stage: then that stage and every later one start afresh.
 
 Human review (the ``review:`` section): the people's verdicts a stage reads are part of its
 identity (:data:`HUMAN`), so a stage that ran with other labels is refused in the same way
@@ -26,6 +27,7 @@ from typing import Any
 
 from alignkit.errors import ConfigError
 from alignkit.evaluation.rundir import write_json
+from alignkit.models.base import replica_free
 from alignkit.pipeline.config import STAGES, PipelineConfig
 from alignkit.pipeline.context import brief
 
@@ -70,8 +72,18 @@ class PipelineResult:
 
 
 def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str)
+    text = json.dumps(_replica_free(data), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _replica_free(value: Any) -> Any:
+    """``value`` with the extra replicas left out of every openai model string in it: adding a
+    replica to ``serve_model`` (or a judge) redoes no finished stage."""
+    if isinstance(value, dict):
+        return {key: _replica_free(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replica_free(item) for item in value]
+    return replica_free(value)
 
 
 class AlignmentPipeline:
