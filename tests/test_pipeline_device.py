@@ -1,6 +1,6 @@
-"""``device: auto`` in the pipeline: the GPU when there is one, unless the model is tiny (under
-20M parameters, where kernel launches make the GPU slower than the CPU); an explicit device is
-kept. The GPU is simulated: only the choice is tested here."""
+"""``device: auto`` in the pipeline and in every Hugging Face backend: the GPU when there is one,
+unless the model is tiny (under 20M parameters, where kernel launches make the GPU slower than
+the CPU); an explicit device is kept. The GPU is simulated: only the choice is tested here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import tiny_models as tm
 import torch
 
+from alignkit.models.auto_device import TINY_PARAMETERS, parameter_count
 from alignkit.pipeline import PipelineConfig
-from alignkit.pipeline.device import TINY_PARAMETERS, parameter_count
 
 
 def _qwen2_config(directory, hidden: int, layers: int):
@@ -52,3 +52,13 @@ def test_without_a_gpu_or_with_a_device_given(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     given = PipelineConfig(model="testbed", output_dir=tmp_path / "b", device="cuda")
     assert given.local_device == "cuda"
+
+
+def test_a_backend_loaded_with_auto_keeps_a_tiny_model_on_the_cpu(testbed_path, gpu):
+    """``alignkit eval --model testbed`` on a GPU machine: the backend loads on the CPU (were
+    the choice CUDA, loading would fail here, where there is none)."""
+    from alignkit.models import load_backend
+
+    backend = load_backend("testbed")  # device "auto", the default
+    assert backend.device.type == "cpu"
+    assert next(backend.model.parameters()).device.type == "cpu"

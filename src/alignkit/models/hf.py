@@ -88,6 +88,10 @@ class HFBackend:
         if spec.kind != "hf" or not spec.path:
             raise ModelError(f"HFBackend needs an hf:PATH model string, got {spec}")
         device = resolve_device(options.device)
+        if options.device == "auto":  # a tiny model is faster on the CPU (models.auto_device)
+            from alignkit.models.auto_device import auto_device
+
+            device = torch.device(auto_device(str(spec)))
         model, tokenizer = load_pretrained(spec, options, device)
         self._setup(model, tokenizer, options, name or str(spec), device, spec)
 

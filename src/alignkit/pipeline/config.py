@@ -290,10 +290,10 @@ class PipelineConfig(CommandConfig):
 
     @property
     def local_device(self) -> str:
-        """``device`` with ``auto`` resolved for ``model`` (:mod:`alignkit.pipeline.device`)."""
+        """``device`` with ``auto`` resolved for ``model`` (:mod:`alignkit.models.auto_device`)."""
         if self.device != "auto":
             return self.device
-        from alignkit.pipeline.device import auto_device
+        from alignkit.models.auto_device import auto_device
 
         return auto_device(self.model)
 

@@ -1,5 +1,6 @@
-"""Where ``device: auto`` runs the pipeline's local models: on the GPU, unless the model is so
-small that the CPU is faster.
+"""Where ``device: auto`` runs a local model (the pipeline's, and any Hugging Face backend's:
+``alignkit eval``, ``redteam``, ``generate``...): on the GPU, unless the model is so small that
+the CPU is faster.
 
 A model of a few million parameters keeps a GPU waiting on kernel launches: on one H200 the
 1.1M-parameter testbed ran the demo's baseline and red-team stages 6-7x slower than on 2 CPU
