@@ -114,7 +114,7 @@ def _gather_trainable(accelerator: Accelerator, model) -> dict[str, Any] | None:
 
 
 def is_adapter(model) -> bool:
-    """Whether ``model`` (wrapped or not) is a PEFT model: it trains an adapter."""
+    """Whether ``model`` (unwrapped: DDP's wrapper hides it) is a PEFT model with an adapter."""
     return hasattr(model, "peft_config")
 
 

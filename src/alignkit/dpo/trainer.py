@@ -417,7 +417,8 @@ class DPOTrainer:
     def save_checkpoint(self) -> Path | None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        weights = gather_weights(acc, self.model, is_adapter(self.model))  # every process (FSDP)
+        adapter = is_adapter(acc.unwrap_model(self.model))
+        weights = gather_weights(acc, self.model, adapter)  # every process, under FSDP
         optimizer = gather_optimizer(acc, self.model, self.optimizer)
         if not acc.is_main_process:
             return None
@@ -480,8 +481,9 @@ class DPOTrainer:
         default = path is None
         path = Path(path or self.output_dir / "final")
         self.accelerator.wait_for_everyone()
-        merge = merge_lora and is_adapter(self.model)  # else an adapter is saved alone
-        weights = gather_weights(self.accelerator, self.model, is_adapter(self.model) and not merge)
+        adapter = is_adapter(self.accelerator.unwrap_model(self.model))  # not DDP's wrapper
+        merge = merge_lora and adapter  # else an adapter is saved alone
+        weights = gather_weights(self.accelerator, self.model, adapter and not merge)
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             if merge:
