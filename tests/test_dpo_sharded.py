@@ -11,6 +11,7 @@ through accelerate's launch code and ``DeepSpeedPlugin`` without importing it.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -262,6 +263,34 @@ def test_an_adapter_is_gathered_alone_and_merged_into_a_copy(testbed_path, monke
         assert hasattr(sharded, "peft_config")  # the sharded model is untouched
     finally:
         dist.destroy_process_group()
+
+
+def test_a_wrapped_lora_policy_is_saved_merged(testbed_path, tmp_path):
+    """``save_model(merge_lora=True)`` of a policy behind a data-parallel wrapper (which hides
+    ``peft_config``) writes the merged model, not the adapter; the trainer's own model keeps
+    its adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.dpo import DPOTrainer
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(testbed_path), lora)
+    trainer = DPOTrainer.__new__(DPOTrainer)  # what save_model reads, without a training run
+    trainer.model = SimpleNamespace(module=policy)  # DDP's wrapper: no peft_config
+    trainer.tokenizer = AutoTokenizer.from_pretrained(testbed_path)
+    trainer.output_dir = tmp_path
+    trainer.accelerator = SimpleNamespace(
+        distributed_type=DistributedType.MULTI_CPU, is_main_process=True,
+        wait_for_everyone=lambda: None, unwrap_model=lambda wrapped: wrapped.module,
+    )  # fmt: skip
+    path = trainer.save_model(merge_lora=True)
+    assert not (path / "adapter_config.json").exists()
+    saved, _ = DPOTrainer.load_model(path, device="cpu")
+    expected = copy.deepcopy(policy).merge_and_unload()
+    _assert_close_tensors(saved.state_dict(), expected.state_dict(), atol=1e-6)
+    assert hasattr(policy, "peft_config")
 
 
 def test_fsdp_example_config(testbed_path, monkeypatch):

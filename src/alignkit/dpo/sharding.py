@@ -109,7 +109,8 @@ def _gather_trainable(accelerator: Accelerator, model) -> dict[str, Any] | None:
     for name, param in model.named_parameters():
         if param.requires_grad:
             whole = param.full_tensor() if hasattr(param, "full_tensor") else param
-            state[name] = whole.detach().cpu()
+            if accelerator.is_main_process:
+                state[name] = whole.detach().cpu()
     return state if accelerator.is_main_process else None
 
 
