@@ -163,6 +163,7 @@ def invoke(*args):
         ("enabled: false\n", (), "unknown key 'enabled'"),
         ("review:\n  pause_after: report\n", (), "cannot pause after ['report']"),
         ("review:\n  human_labels: nowhere.jsonl\n", (), "review.human_labels: nowhere.jsonl"),
+        ("train:\n  accelerate_config: no.yaml\n", (), "key 'train.accelerate_config': no.yaml"),
     ],
 )
 def test_bad_pipeline_configs_exit_2_with_one_line(tmp_path, yaml_text, flags, fragment):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
-from alignkit.errors import ConfigError
+from alignkit.errors import AlignkitError, ConfigError
 from alignkit.safety.constrained import (
     SafetyAlignment,
     lagrangian_records,
@@ -224,6 +225,36 @@ def test_accelerate_launcher_trains_a_round_in_a_subprocess(testbed_path, tmp_pa
     final = launch_dpo(config.dpo_config(data, tmp_path / "round"), num_processes=1)
     assert (final / "config.json").exists() and (final / "model.safetensors").exists()
     assert "Traceback" not in (tmp_path / "round" / "accelerate.log").read_text()
+
+
+def test_an_accelerate_config_reaches_accelerate_launch(tmp_path, monkeypatch):
+    """``accelerate_config`` (e.g. FSDP2 for every round): the command launch_dpo runs, read by
+    accelerate's own launch parser, loads that file's set-up with num_processes from the
+    section; a missing file is refused when the options are read."""
+    import subprocess
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from pydantic import ValidationError
+
+    from alignkit.evaluation.rundir import write_jsonl
+    from alignkit.safety.constrained import SafetyConfig, launch_dpo
+
+    fsdp = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+    config = SafetyConfig(device="cuda", launcher="accelerate", num_processes=4,
+                          accelerate_config=fsdp)  # fmt: skip
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, constrained_pairs(n_benign=8)[:16])
+    commands = []
+    monkeypatch.setattr(subprocess, "call", lambda command, **_: commands.append(command) or 1)
+    with pytest.raises(AlignkitError, match="accelerate launch of DPO failed"):
+        launch_dpo(config.dpo_config(data, tmp_path / "round"), 4, config.accelerate_config)
+    (command,) = commands
+    argv = command[command.index("accelerate.commands.launch") + 1 :]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert args.config_file == str(fsdp) and args.num_processes == 4
+    assert args.use_fsdp and args.fsdp_version == 2
+    with pytest.raises(ValidationError, match="no such file"):
+        SafetyConfig(accelerate_config=tmp_path / "missing.yaml")
 
 
 def test_a_small_violation_still_moves_lambda_to_a_new_relabelling():

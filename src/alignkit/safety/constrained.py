@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from alignkit.atomic import replace_dir, write_text
 from alignkit.config import CommandConfig, ModelString
@@ -98,10 +98,23 @@ class SafetyConfig(CommandConfig):
         description="Train each round in this process, or with 'accelerate launch' (multi-GPU).",
     )
     num_processes: int = Field(1, ge=1, description="accelerate: processes (GPUs) per round.")
+    accelerate_config: Path | None = Field(
+        None,
+        description="accelerate: a config file for 'accelerate launch', e.g. "
+        "examples/accelerate/fsdp.yaml to shard each round with FSDP2 (num_processes still "
+        "sets the processes).",
+    )
     output_dir: Path = Field(Path("runs/safety"), description="Rounds, models and history.")
     seed: int = 0
     device: str = "auto"
     report_to: ReportTo = Field(default_factory=list, description=REPORT_TO_HELP)
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _config_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
 
     def dpo_config(self, data: Path, out: Path):
         from alignkit.dpo import DPOConfig
@@ -125,10 +138,10 @@ class SafetyConfig(CommandConfig):
             raise ConfigError(f"dpo_options: {problems}") from None
 
 
-def launch_dpo(config, num_processes: int) -> Path:
-    """Run ``alignkit dpo`` on ``config`` under ``accelerate launch`` (one process per GPU) and
-    return its final model directory. A failed launch raises :class:`AlignkitError` naming the
-    log file."""
+def launch_dpo(config, num_processes: int, accelerate_config: Path | None = None) -> Path:
+    """Run ``alignkit dpo`` on ``config`` under ``accelerate launch`` (one process per GPU; with
+    ``accelerate_config``, that file's set-up, e.g. FSDP2) and return its final model
+    directory. A failed launch raises :class:`AlignkitError` naming the log file."""
     import subprocess
     import sys
 
@@ -142,6 +155,8 @@ def launch_dpo(config, num_processes: int) -> Path:
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
         str(num_processes), "-m", "alignkit", "dpo", "--config", str(config_file),
     ]  # fmt: skip
+    if accelerate_config is not None:
+        command[3:3] = ["--config_file", str(accelerate_config)]
     if config.device == "cpu":
         command[3:3] = ["--cpu"]
     with log.open("w") as handle:
@@ -357,7 +372,7 @@ class SafetyAlignment:
         write_jsonl(data, records)
         config = self.config.dpo_config(data, run)
         if self.config.launcher == "accelerate":
-            return launch_dpo(config, self.config.num_processes)
+            return launch_dpo(config, self.config.num_processes, self.config.accelerate_config)
         trainer = DPOTrainer(config=config)
         trainer.train()
         return trainer.save_model(merge_lora=True)
