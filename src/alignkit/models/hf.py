@@ -87,11 +87,12 @@ class HFBackend:
     def __init__(self, spec: ModelSpec, options: BackendOptions, name: str | None = None) -> None:
         if spec.kind != "hf" or not spec.path:
             raise ModelError(f"HFBackend needs an hf:PATH model string, got {spec}")
-        device = resolve_device(options.device)
         if options.device == "auto":  # a tiny model is faster on the CPU (models.auto_device)
             from alignkit.models.auto_device import auto_device
 
             device = torch.device(auto_device(str(spec)))
+        else:
+            device = resolve_device(options.device)
         model, tokenizer = load_pretrained(spec, options, device)
         self._setup(model, tokenizer, options, name or str(spec), device, spec)
 
