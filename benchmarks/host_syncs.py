@@ -9,7 +9,8 @@ out. Run on a GPU (part of ``benchmarks/gpu_check.sh``)::
     python benchmarks/host_syncs.py --model random:qwen2-0.5b --dtype bf16 --steps 4
 
 On CPU nothing synchronises: the script says so and counts nothing. On CPU,
-``tests/test_dpo_host_reads.py`` counts the reads alignkit's own code makes.
+``tests/test_dpo_host_reads.py`` counts the reads alignkit's own code and transformers'
+mask builder make.
 """
 
 from __future__ import annotations

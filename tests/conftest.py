@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -150,15 +151,24 @@ def dpo_trained(tmp_path_factory, testbed_path):
 
 READS = ("item", "tolist", "__float__", "__bool__", "__int__", "__index__")
 SOURCE = str(Path(__file__).resolve().parents[1] / "src" / "alignkit")
+TRANSFORMERS = str(Path(importlib.util.find_spec("transformers").origin).parent)
+
+
+class _Reads(Counter):
+    def pop_transformers(self) -> int:
+        """Remove transformers' reads from the counts; return how many there were."""
+        return sum(self.pop(key) for key in [k for k in self if k[0].startswith("transformers/")])
 
 
 @pytest.fixture
 def count_reads(monkeypatch):
-    """Counts of (file, function) of alignkit code that read a tensor's value (``item``,
-    ``tolist``, ``float``...): each such read waits for the device's queued work."""
+    """Counts of (file, function) of alignkit's code (file name) and transformers' code (path
+    from ``transformers/``) that read a tensor's value (``item``, ``tolist``, ``float``...):
+    each such read waits for the device's queued work. (torch's own reads, such as the
+    optimizer's host step counters, are not counted.)"""
     import torch
 
-    counts: Counter = Counter()
+    counts = _Reads()
 
     def counting(name):
         read = getattr(torch.Tensor, name)
@@ -167,6 +177,9 @@ def count_reads(monkeypatch):
             caller = sys._getframe(1).f_code
             if caller.co_filename.startswith(SOURCE):
                 counts[(Path(caller.co_filename).name, caller.co_name)] += 1
+            elif caller.co_filename.startswith(TRANSFORMERS):
+                where = Path(caller.co_filename).relative_to(Path(TRANSFORMERS).parent)
+                counts[(str(where), caller.co_name)] += 1  # transformers/...
             return read(self, *args, **kwargs)
 
         return wrapper

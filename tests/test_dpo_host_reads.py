@@ -5,8 +5,9 @@ for every kernel queued before it; on a GPU, a read between the forward and the 
 leaves the device idle while the host queues the rest of the step. The metrics of every
 micro-batch stay on the device and are read together at the end of the step (with the
 divergence check); whether the output head may be fused is read once, on the first batch.
-Counted here are the reads that alignkit's own code makes (torch's optimizer reads its host
-step counters, and transformers' mask builder its masks: those are theirs).
+Counted here are the reads that alignkit's own code makes, and those of transformers' mask
+builder, which rows without a padding mask cut from two per forward to one (torch's optimizer
+reads its host step counters: not counted).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def test_one_read_per_optimizer_step(tmp_path, count_reads, accumulation, adapti
     if adaptive:  # beta-DPO's beta is checked on CPU only, in every micro-batch's loss
         assert count_reads.pop(("losses.py", "_checked")) == 3 * accumulation
         assert metrics["adaptive/kept_fraction"] == 0.5
+    # transformers' mask builder: one read per forward, the default position ids checked for
+    # packed sequences (a padding mask would be read twice: is there padding, is it only at
+    # the end); the reference log-probs were precomputed, so one forward per step
+    assert count_reads.pop_transformers() <= 3 * accumulation
     assert count_reads == {("trainer.py", "train_step"): 3, ("forward.py", "_head_input"): 1}
 
 

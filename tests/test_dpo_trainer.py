@@ -51,26 +51,56 @@ def test_get_log_probs_equals_one_row_at_a_time(prefs):
             assert batched.tokens[b, k] == len(completion)
 
 
-def test_get_log_probs_never_sends_a_fully_masked_query_row(prefs):
-    """Every position attends to at least one real token (right padding): CUDA's memory-efficient
-    attention gives NaN gradients for fully masked rows, which left padding creates."""
+def test_get_log_probs_runs_right_padded_rows_with_no_mask(prefs):
+    """Rows are padded on the right (CUDA's memory-efficient attention gives NaN gradients for
+    the fully masked rows that left padding creates) and go through the model causally, with
+    no attention mask and no position ids, which transformers would read back from the device
+    (see ``alignkit.models.hf_padding.pad_right``)."""
     trainer = DPOTrainer("testbed", DPOConfig(data=prefs["train"], **FAST))
     items = [trainer.train_dataset[i] for i in range(16)]
-    lengths = {len(ex.prompt_ids) + len(c) for ex in items for c in ex.completion_ids}
-    assert len(lengths) > 1  # the batch does need padding
+    lengths = [len(ex.prompt_ids) + len(c) for ex in items for c in ex.completion_ids]
+    assert len(set(lengths)) > 1  # the batch does need padding
     seen = []
 
     def record(_module, _args, kwargs):
-        seen.append(kwargs["attention_mask"])
+        seen.append(kwargs)
 
     handle = trainer.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         get_log_probs(trainer.model, items, trainer.pad_id)
     finally:
         handle.remove()
-    (mask,) = seen
-    assert bool((mask[:, 0] == 1).all())  # causal: position 0 sees itself, so every row sees one
-    assert bool((mask[:, :-1] >= mask[:, 1:]).all())  # pads only after the real tokens
+    (kwargs,) = seen
+    assert kwargs.get("attention_mask") is None and kwargs.get("position_ids") is None
+    is_pad = kwargs["input_ids"] == trainer.pad_id
+    assert is_pad.sum(1).tolist() == [max(lengths) - n for n in lengths]  # pads only ...
+    assert bool((is_pad[:, :-1] <= is_pad[:, 1:]).all())  # ... after the real tokens
+
+
+def test_right_padded_rows_without_a_mask_are_the_masked_forward_bit_for_bit(testbed_path):
+    """What ``pad_right`` relies on, on the testbed in float32 on CPU: the real positions'
+    logits, and every gradient of a loss read there, equal the forward given the padding mask
+    and its position ids, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models.hf_padding import pad_right, pad_token_ids
+
+    model = AutoModelForCausalLM.from_pretrained(testbed_path)
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(10, 1000, (n,), generator=gen).tolist() for n in (700, 30, 3, 300)]
+    ids, mask = pad_token_ids(rows, 0, left=False)
+    assert torch.equal(pad_right(rows, 0), ids)
+    real = mask.bool()
+    results = []
+    for kwargs in ({"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)},
+                   {}):  # fmt: skip
+        model.zero_grad()
+        logits = model(input_ids=ids, **kwargs).logits[real]
+        logits.log_softmax(-1).amax(-1).sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (masked, masked_grads), (ours, our_grads) = results
+    assert torch.equal(ours, masked)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, masked_grads, strict=True))
 
 
 def test_resume_after_kill_gives_the_same_weights(prefs, tmp_path):

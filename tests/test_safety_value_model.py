@@ -187,6 +187,7 @@ def test_each_step_reads_the_device_once(testbed_path, count_reads, kind):
     config = ValueModelConfig(kind=kind, batch_size=4, device="cpu")
     model = train_value_model(config, value_pairs("harmless", "train", 12, 0), progress=False)
     assert [round(h["accuracy"] * 4) / 4 == h["accuracy"] for h in model.history] == [True] * 3
+    assert count_reads.pop_transformers() <= 3  # the mask builder, once per forward (no mask)
     assert count_reads == {("parallel.py", "sum_over_processes"): 3}
 
 

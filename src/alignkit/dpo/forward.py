@@ -1,13 +1,15 @@
 """Sequence log-probabilities of completions under a causal LM, computed without waste.
 
 All completions of a batch (chosen and rejected, or the K ranked responses) go through the
-model in one forward pass. Rows are left-padded, so every completion ends at the right edge of
-the batch and the model is asked for logits of the last ``max completion length`` positions
-only (``logits_to_keep``): no vocabulary projection or log-softmax over prompt tokens, which
-dominates the cost for large-vocabulary models. Explicit position ids keep left padding exact
-for every position-embedding scheme. The log-softmax at the target ids is taken chunk by chunk
-(:func:`token_log_probs`), so neither a float32 copy of the logits nor the full log-softmax is
-held for the backward pass.
+model in one forward pass. Rows are right-padded and run without an attention mask
+(:func:`~alignkit.models.hf_padding.pad_right`: exact for a causal model, and the mask
+builder then reads nothing from the device); logits are asked for from the first position
+that predicts a completion token on (``logits_to_keep``): no vocabulary projection or
+log-softmax over the prompt tokens before it, which dominates the cost for large-vocabulary
+models. With a plain linear head only the completion-predicting positions are projected
+(:mod:`alignkit.dpo.fused_logps`); else the log-softmax at the target ids is taken chunk by
+chunk (:func:`token_log_probs`), so neither a float32 copy of the logits nor the full
+log-softmax is held for the backward pass.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from alignkit.dpo.prefix_sharing import (
     attention_mask,
     shared_layout,
 )
-from alignkit.models.hf_padding import forward_parameters, no_cache, pad_token_ids
+from alignkit.models.hf_padding import forward_parameters, no_cache, pad_right
 
 
 @dataclass
@@ -122,7 +124,7 @@ def to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
 
 
-def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Tensor:
+def _plain_sums(model, name, ids, starts, lengths) -> torch.Tensor:
     """Per-row summed completion log-probs from the model's logits, kept from the first
     position that predicts a completion token on."""
     device = ids.device
@@ -133,7 +135,7 @@ def _plain_sums(model, name, ids, mask, positions, starts, lengths) -> torch.Ten
     lens, begin = to_device(lengths, device).unsqueeze(1), to_device(starts, device).unsqueeze(1)
     kwargs = {name: keep} if name is not None else {}
     kwargs |= no_cache(model)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
+    logits = model(input_ids=ids, **kwargs).logits  # right-padded: no mask (see pad_right)
     if logits.shape[1] != keep:  # the model ignored logits_to_keep (or has no such argument)
         logits = logits[:, -keep:]
     token_logps = token_log_probs(logits, ids[:, first + 1 :])
@@ -191,7 +193,7 @@ def _shared_sums(model, examples, pad_id, name, head) -> torch.Tensor | None:
     return sums.index_add(0, layout.sequence, logps)
 
 
-def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> torch.Tensor | None:
+def _fused_sums(model, head, name, ids, starts, lengths) -> torch.Tensor | None:
     """The same sums from the final hidden states of the completion-predicting positions only,
     through :func:`~alignkit.dpo.fused_logps.linear_token_log_probs`; None when the model's
     last hidden state is not what its head reads (checked on the one position whose logits the
@@ -201,7 +203,7 @@ def _fused_sums(model, head, name, ids, mask, positions, starts, lengths) -> tor
     offset = torch.cat([torch.arange(n) for n in lengths])
     at = torch.tensor(starts)[row] - 1 + offset  # position predicting the token
     row, at = row.to(device, non_blocking=True), at.to(device, non_blocking=True)
-    hidden = _head_input(model, head, name, ids, mask, positions)
+    hidden = _head_input(model, head, name, ids, None, None)  # right-padded: no mask
     if hidden is None:
         return None
     logps = linear_token_log_probs(hidden[row, at], head, ids[row, at + 1])
@@ -215,11 +217,12 @@ def get_log_probs(
     """Summed log-probs of every completion of ``examples`` (TokenizedExample-like objects with
     ``prompt_ids`` and ``completion_ids``) under ``model``; differentiable.
 
-    Rows are padded on the right. With left padding, a row's pad positions attend to nothing;
-    CUDA's memory-efficient attention returns finite outputs for such fully masked rows but NaN
-    gradients for them (seen on an H200 with torch 2.11: a finite loss, then every weight NaN
-    after the update), and the NaN reaches the shared weights however the loss masks them.
-    Right-padded pad positions attend to their row's real tokens, so no row is fully masked.
+    Rows are padded on the right and run causally with no mask (see
+    :func:`~alignkit.models.hf_padding.pad_right`). With left padding, a row's pad positions
+    attend to nothing; CUDA's memory-efficient attention returns finite outputs for such fully
+    masked rows but NaN gradients for them (seen on an H200 with torch 2.11: a finite loss,
+    then every weight NaN after the update), and the NaN reaches the shared weights however
+    the loss masks them. Right-padded pad positions see their row's real tokens.
     Logits are kept only from the first position that predicts a completion token on; with
     ``fused`` (and a plain linear head) only the completion-predicting positions are projected,
     chunk by chunk, and the full logits never exist (:mod:`alignkit.dpo.fused_logps`). With
@@ -234,10 +237,8 @@ def get_log_probs(
     sums = _shared_sums(model, examples, pad_id, name, head) if share_prompt else None
     if sums is None:  # one padded row per completion
         starts = [len(row) - n for row, n in zip(rows, lengths, strict=True)]  # first completion
-        ids, mask = pad_token_ids(rows, pad_id, left=False)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = (t.to(device, non_blocking=True) for t in (ids, mask, positions))
-        args = (ids, mask, positions, starts, lengths)
+        ids = pad_right(rows, pad_id).to(device, non_blocking=True)
+        args = (ids, starts, lengths)
         if head is not None:
             sums = _fused_sums(model, head, name, *args)
         if sums is None:

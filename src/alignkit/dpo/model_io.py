@@ -45,7 +45,9 @@ def with_adapter(model, cfg):
     """``model`` prepared for training under ``cfg``: gradient checkpointing, and a new LoRA
     adapter when ``cfg.lora`` (a model that already has an adapter keeps it)."""
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.25 renamed it (the old name warns, and goes in v6)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     if not cfg.lora:
         return model

@@ -43,7 +43,7 @@ from alignkit.models.base import (
     as_messages,
 )
 from alignkit.models.hf_loading import context_length, load_pretrained, resolve_device
-from alignkit.models.hf_padding import StopOnStrings, no_cache, pad_token_ids
+from alignkit.models.hf_padding import StopOnStrings, no_cache, pad_right, pad_token_ids
 from alignkit.models.hf_paged import PagedEngine
 from alignkit.models.hf_sampling import GumbelSampler
 from alignkit.models.hf_static import cache_length, generate_static
@@ -462,13 +462,9 @@ class HFBackend:
 
     def _logprobs_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[TokenLogprobs]:
         """Score one right-padded batch of (prompt ids, completion ids)."""
-        ids, mask = pad_token_ids([p + c for p, c in pairs], self.pad_id, left=False)
+        ids = pad_right([p + c for p, c in pairs], self.pad_id)  # no mask needed: see there
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                **no_cache(self.model),
-            ).logits
+            logits = self.model(input_ids=ids.to(self.device), **no_cache(self.model)).logits
         results = []
         for row, (prompt_ids, completion_ids) in enumerate(pairs):
             start, stop = len(prompt_ids), len(prompt_ids) + len(completion_ids)

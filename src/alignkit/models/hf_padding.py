@@ -45,6 +45,23 @@ def pad_token_ids(
     return ids, mask
 
 
+def pad_right(seqs: Sequence[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-padded ``[batch, max_len]`` ids for a causal LM forward that is read at real
+    positions only, to be passed with no attention mask and no position ids.
+
+    A causal model's position i sees positions <= i only, so a right-padded row's real tokens,
+    which all come before its padding, are computed exactly as without the padding, and the
+    default positions 0, 1, ... are theirs (pad positions see the real tokens and the pads
+    before them: finite, and never read). The padding mask would buy nothing and cost, in
+    transformers' mask builder: it reads the mask back from the device (is there padding?),
+    or, given position ids and no mask, reads those (are sequences packed?), each read a host
+    sync on a GPU; and a 4-D mask rules out SDPA's causal fast path (FlashAttention). With
+    neither, the builder reads nothing and SDPA runs ``is_causal``. Bit for bit the masked
+    forward on CPU for the testbed (``tests/test_dpo_trainer.py``).
+    """
+    return pad_token_ids(seqs, pad_id, left=False)[0]
+
+
 def no_cache(model) -> dict:
     """``{"use_cache": False}`` where ``model``'s forward takes ``use_cache``, else ``{}``: the
     keyword for a forward that only reads logits or hidden states (training, scoring).

@@ -145,18 +145,14 @@ class ValueModel:
 
         Right padding keeps every row's real tokens at the start, so no row is fully masked
         (see :func:`alignkit.dpo.forward.get_log_probs` for why left padding is avoided in
-        training forwards); the head pools each row's last non-pad token.
+        training forwards), and the causal model needs no mask for them
+        (:func:`~alignkit.models.hf_padding.pad_right`); the head pools each row's last
+        non-pad token, found from the ids.
         """
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        from alignkit.models.hf_padding import no_cache
+        from alignkit.models.hf_padding import no_cache, pad_right
 
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         **no_cache(self.model))  # fmt: skip
+        ids = pad_right([list(row) for row in rows], self.pad_id).to(self.device)
+        out = self.model(input_ids=ids, **no_cache(self.model))
         return out.logits[:, 0].float()
 
     @torch.no_grad()
