@@ -240,7 +240,11 @@ def train_model(examples, tokenizer, config: TestbedConfig, out: Path, progress:
     )
     batches = _batches(encoded, config.batch_size, random.Random(config.seed))
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.01
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+        weight_decay=0.01,
+        foreach=True,  # one call per update for all tensors (CPU defaults to a loop over them)
     )
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, len(batches))
     model.train()
@@ -248,7 +252,7 @@ def train_model(examples, tokenizer, config: TestbedConfig, out: Path, progress:
     with training_progress(len(batches), enabled=progress) as update:
         for batch in batches:
             ids, labels, mask = _collate(encoded, batch, tokenizer.pad_token_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=ids, labels=labels).loss  # right-padded: see pad_right
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
