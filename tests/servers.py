@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -108,11 +109,19 @@ def transformers_serve(
     The command is ``transformers serve MODEL_DIR --host 127.0.0.1 --port PORT --device cpu``;
     the model is loaded before the port opens, so ``/health`` answering means it is ready.
     The server runs offline (``HF_HUB_OFFLINE=1``) in its own process group, which is killed
-    on exit. Yields a :class:`ServedModel` whose ``model`` is the name requests must use.
+    on exit. Yields a :class:`ServedModel` whose ``model`` is the name requests must use. Its
+    output goes to ``log_dir`` (default: a temporary folder, removed on exit).
     """
     model = str(model_dir)
     port = free_port()
-    log_path = Path(log_dir or model_dir).parent / f"transformers-serve-{port}.log"
+    with tempfile.TemporaryDirectory(prefix="transformers-serve-") as scratch:
+        log_path = Path(log_dir or scratch) / f"transformers-serve-{port}.log"
+        with _serving(model, port, log_path, startup_timeout, extra_args) as served:
+            yield served
+
+
+@contextmanager
+def _serving(model, port, log_path, startup_timeout, extra_args) -> Iterator[ServedModel]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [sys.executable, "-c", SERVE_MAIN, "serve", model, "--host", HOST]
