@@ -54,8 +54,8 @@ def test_get_log_probs_equals_one_row_at_a_time(prefs):
 def test_get_log_probs_runs_right_padded_rows_with_no_mask(prefs):
     """Rows are padded on the right (CUDA's memory-efficient attention gives NaN gradients for
     the fully masked rows that left padding creates) and go through the model causally, with
-    no attention mask and no position ids, which transformers would read back from the device
-    (see ``alignkit.models.hf_padding.pad_right``)."""
+    no attention mask (which transformers would read back from the device twice) and no
+    position ids (see ``alignkit.models.hf_padding.pad_right``)."""
     trainer = DPOTrainer("testbed", DPOConfig(data=prefs["train"], **FAST))
     items = [trainer.train_dataset[i] for i in range(16)]
     lengths = [len(ex.prompt_ids) + len(c) for ex in items for c in ex.completion_ids]

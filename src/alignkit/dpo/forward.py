@@ -3,13 +3,13 @@
 All completions of a batch (chosen and rejected, or the K ranked responses) go through the
 model in one forward pass. Rows are right-padded and run without an attention mask
 (:func:`~alignkit.models.hf_padding.pad_right`: exact for a causal model, and the mask
-builder then reads nothing from the device); logits are asked for from the first position
-that predicts a completion token on (``logits_to_keep``): no vocabulary projection or
-log-softmax over the prompt tokens before it, which dominates the cost for large-vocabulary
-models. With a plain linear head only the completion-predicting positions are projected
-(:mod:`alignkit.dpo.fused_logps`); else the log-softmax at the target ids is taken chunk by
-chunk (:func:`token_log_probs`), so neither a float32 copy of the logits nor the full
-log-softmax is held for the backward pass.
+builder reads the device once per forward instead of twice); logits are asked for from the
+first position that predicts a completion token on (``logits_to_keep``): no vocabulary
+projection or log-softmax over the prompt tokens before it, which dominates the cost for
+large-vocabulary models. With a plain linear head only the completion-predicting positions
+are projected (:mod:`alignkit.dpo.fused_logps`); else the log-softmax at the target ids is
+taken chunk by chunk (:func:`token_log_probs`), so neither a float32 copy of the logits nor
+the full log-softmax is held for the backward pass.
 """
 
 from __future__ import annotations

@@ -53,11 +53,12 @@ def pad_right(seqs: Sequence[list[int]], pad_id: int) -> torch.Tensor:
     which all come before its padding, are computed exactly as without the padding, and the
     default positions 0, 1, ... are theirs (pad positions see the real tokens and the pads
     before them: finite, and never read). The padding mask would buy nothing and cost, in
-    transformers' mask builder: it reads the mask back from the device (is there padding?),
-    or, given position ids and no mask, reads those (are sequences packed?), each read a host
-    sync on a GPU; and a 4-D mask rules out SDPA's causal fast path (FlashAttention). With
-    neither, the builder reads nothing and SDPA runs ``is_causal``. Bit for bit the masked
-    forward on CPU for the testbed (``tests/test_dpo_trainer.py``).
+    transformers' mask builder: two reads of it back from the device per forward (is there
+    padding? is it only past the query?), each a host sync on a GPU, and a 4-D mask, which
+    rules out SDPA's causal fast path (FlashAttention). Without it SDPA runs ``is_causal``
+    and the builder reads once (the position ids, which the model makes itself when none are
+    given, checked for packed sequences). Bit for bit the masked forward on CPU for the
+    testbed (``tests/test_dpo_trainer.py``).
     """
     return pad_token_ids(seqs, pad_id, left=False)[0]
 
