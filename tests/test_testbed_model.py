@@ -33,6 +33,26 @@ def test_build_is_deterministic_for_a_seed(tmp_path, monkeypatch):
     assert any((weights[0][k] != weights[2][k]).any() for k in weights[0])
 
 
+def test_build_is_the_same_whatever_the_thread_count(tmp_path, monkeypatch):
+    """Unpinned, 1, 2 and 3 intra-op threads train three different models from this config
+    (a matrix product's rounding depends on how threads split it); the build pins its own."""
+    import torch
+
+    config = TestbedConfig(num_examples=100, num_layers=1, vocab_size=600, warmup_steps=2)
+    before = torch.get_num_threads()
+    weights = []
+    for threads in (1, 3):
+        monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / str(threads)))
+        torch.set_num_threads(threads)
+        try:
+            path = build_testbed(config, progress=False)
+            assert torch.get_num_threads() == threads  # the caller's setting comes back
+        finally:
+            torch.set_num_threads(before)
+        weights.append((path / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_build_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))
     config = TestbedConfig(**TINY)

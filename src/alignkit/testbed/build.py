@@ -1,9 +1,9 @@
 """Build the testbed model: a BPE tokenizer and a small Llama trained from scratch on the world.
 
-The build is deterministic for a seed, takes a few minutes on two CPU cores, and is cached
-under ``$ALIGNKIT_CACHE/testbed/`` keyed by the config and by the testbed's own source code
-(so a change to the world rebuilds it). The result is a standard Hugging Face model
-directory: ``hf:PATH`` loads it like any other model.
+The build is deterministic for a seed (on one kind of CPU and torch build), takes a few minutes
+on two CPU cores, and is cached under ``$ALIGNKIT_CACHE/testbed/`` keyed by the config and by
+the testbed's own source code (so a change to the world rebuilds it). The result is a standard
+Hugging Face model directory: ``hf:PATH`` loads it like any other model.
 """
 
 from __future__ import annotations
@@ -66,6 +66,14 @@ class TestbedConfig(BaseModel):
     )
 
 
+BUILD_THREADS = 2
+"""torch's intra-op threads for the build, whatever the machine or the caller set: how a matrix
+product is split among threads changes its rounding, and 6,000 steps of training turn that into
+different weights (1, 2 and 3 threads give three models), so a build with ``--threads 1`` or on a
+16-core machine would otherwise cache another testbed under the same key. Two is the count the
+published figures were built with."""
+
+
 MODEL_SOURCES = ("build.py", "content.py", "formats.py", "world.py")
 """The testbed modules that determine the trained model (its cache key hashes exactly these)."""
 
@@ -98,6 +106,18 @@ def ensure_testbed(config: TestbedConfig | None = None, progress: bool = True) -
 
 
 @contextmanager
+def _build_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def _build_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.lock", "w") as handle:
@@ -122,7 +142,8 @@ def build_testbed(
         shutil.rmtree(tmp, ignore_errors=True)
         examples = training_examples(config)
         tokenizer = train_tokenizer(examples, config.vocab_size)
-        stats = train_model(examples, tokenizer, config, tmp, progress=progress)
+        with _build_threads():
+            stats = train_model(examples, tokenizer, config, tmp, progress=progress)
         stats.update(
             seconds=round(time.time() - start, 1),
             config=config.model_dump(),
