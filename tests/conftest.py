@@ -16,9 +16,10 @@ import pytest
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``-n``, on by default): the controller builds the testbed once, with
-    every thread, before the workers start; then each worker keeps to one torch thread (the
-    workers share the cores, and intra-op threads would oversubscribe them), subprocesses too."""
+    """Under pytest-xdist (``-n``, on by default): the controller builds the testbed once (on the
+    build's own two threads) before the workers start; then each worker keeps to one torch
+    thread (the workers share the cores, and intra-op threads would oversubscribe them),
+    subprocesses too."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
