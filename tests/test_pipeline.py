@@ -74,6 +74,41 @@ def test_demo_halves_harm_and_keeps_helpfulness(demo):
     assert (config.output_dir / "report" / "report.html").is_file()
 
 
+README_ROWS = {
+    "harmful compliance": "harmful_compliance",
+    "jailbreak ASR": "jailbreak_asr",
+    "benign helpfulness": "helpful",
+    "over-refusal": "over_refusal",
+    "honesty": "honest",
+    "red-team ASR (held out)": "redteam_asr",
+    "KL to the base model (nats)": "kl",
+}
+
+
+def _readme_demo_table() -> dict[str, list[str]]:
+    """The README's demo table: figure name -> its cells (before, after, change, p, n)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("On the testbed (`alignkit demo`", 1)[1].split("\n\n", 2)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
+    return {row[0]: row[1:] for row in rows[2:]}
+
+
+def test_readme_demo_table_is_this_run(demo):
+    """The README's table stays what the demo prints: each point figure lies inside this run's
+    95% interval and n is the same (it once went stale unnoticed: 0.085 after, here 0.045)."""
+    _, result = demo
+    table = _readme_demo_table()
+    assert table.keys() == README_ROWS.keys()
+    for name, key in README_ROWS.items():
+        row, cells = result.change[key], table[name]
+        assert int(cells[-1]) == row["n"], name
+        after = float(cells[1].split()[0])
+        assert row["after_ci"][0] - 5e-4 <= after <= row["after_ci"][1] + 5e-4, (name, row)
+        if key != "kl":
+            before = float(cells[0].split()[0])
+            assert row["before_ci"][0] - 5e-4 <= before <= row["before_ci"][1] + 5e-4, name
+
+
 def test_rerun_keeps_every_finished_stage(demo, monkeypatch):
     config, first = demo
     _no_stage_may_run(monkeypatch)
