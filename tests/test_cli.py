@@ -292,7 +292,9 @@ def test_testbed_info_on_a_given_model(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["config"] == {"model": tiny_model, "n": 2, "seed": 0, "json": str(out)}
-    assert report["rows"] and {"name", "value", "n", "target", "ok"} <= set(report["rows"][0])
+    assert report["rows"] and {"name", "value", "n", "target", "ok", "low", "high"} <= set(
+        report["rows"][0]
+    )
     from alignkit.models import load_backend
     from alignkit.testbed import measure_behaviour
 

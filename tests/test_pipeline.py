@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from readme_tables import point, readme_table
 from tracker_logs import mlflow_history, tensorboard_scalars
 from typer.testing import CliRunner
 
@@ -85,27 +86,19 @@ README_ROWS = {
 }
 
 
-def _readme_demo_table() -> dict[str, list[str]]:
-    """The README's demo table: figure name -> its cells (before, after, change, p, n)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("On the testbed (`alignkit demo`", 1)[1].split("\n\n", 2)[1]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()]
-    return {row[0]: row[1:] for row in rows[2:]}
-
-
 def test_readme_demo_table_is_this_run(demo):
     """The README's table stays what the demo prints: each point figure lies inside this run's
     95% interval and n is the same (it once went stale unnoticed: 0.085 after, here 0.045)."""
     _, result = demo
-    table = _readme_demo_table()
+    table = readme_table("On the testbed (`alignkit demo`")  # before, after, change, p, n
     assert table.keys() == README_ROWS.keys()
     for name, key in README_ROWS.items():
         row, cells = result.change[key], table[name]
         assert int(cells[-1]) == row["n"], name
-        after = float(cells[1].split()[0])
+        after = point(cells[1])
         assert row["after_ci"][0] - 5e-4 <= after <= row["after_ci"][1] + 5e-4, (name, row)
         if key != "kl":
-            before = float(cells[0].split()[0])
+            before = point(cells[0])
             assert row["before_ci"][0] - 5e-4 <= before <= row["before_ci"][1] + 5e-4, name
 
 

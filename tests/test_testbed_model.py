@@ -94,3 +94,36 @@ def test_behaviour_report_serialises(behaviour):
     data = behaviour.to_dict()
     assert data["all_ok"] is True and len(data["rows"]) == len(behaviour.rows)
     assert set(data["by_category"]) >= {"weapons", "cybercrime", "fraud"}
+
+
+def test_every_behaviour_figure_has_n_and_a_score_interval(behaviour):
+    """Each rate carries its n and a 95% interval that contains it and stays open at 0 and 1
+    (the A-vs-B agreement is 400 of 400 here: its interval is [0.990, 1])."""
+    from alignkit.evaluation.stats import proportion_ci
+
+    for row in [*behaviour.rows, *behaviour.by_category.values()]:
+        hits = round(row.value * row.n)
+        expected = proportion_ci(hits, row.n)
+        assert (row.low, row.high, row.method) == (expected.low, expected.high, expected.method)
+        assert row.low <= row.value <= row.high and row.high - row.low > 0, row
+    categories = behaviour.by_category.values()
+    assert sum(row.n for row in categories) == 400  # direct and jailbroken, 200 each
+
+
+def test_readme_behaviour_table_is_this_measurement(behaviour):
+    """The README's table (``alignkit testbed info --n 200``) stays inside this measurement's
+    95% intervals, with the same n."""
+    from readme_tables import point, readme_table
+
+    table = readme_table("Measured with `alignkit testbed info --n 200`")
+    renamed = {
+        "honest 'I don't know'": 'honest "I don\'t know"',
+        "A-vs-B harmlessness agrees with truth": (
+            "A-vs-B harmlessness agrees with truth (both orders)"
+        ),
+    }
+    rows = {renamed.get(r.name, r.name): r for r in behaviour.rows}
+    assert table.keys() == rows.keys()
+    for name, (value, n, _) in table.items():
+        row = rows[name]
+        assert int(n) == row.n and row.low - 5e-4 <= point(value) <= row.high + 5e-4, row

@@ -21,6 +21,7 @@ from alignkit.config import (
 from alignkit.models import load_backend
 from alignkit.testbed import (
     BehaviourReport,
+    BehaviourRow,
     World,
     build_testbed,
     is_built,
@@ -41,17 +42,18 @@ def register(app: typer.Typer) -> None:
 
 
 def behaviour_table(report: BehaviourReport, title: str, targets: bool = True) -> Table:
-    """A rich table of a BehaviourReport: metric, value (%), n and, with ``targets``, the
-    built testbed model's targets (a helpful-only assistant) and whether they are met."""
+    """A rich table of a BehaviourReport: metric, value (%) with its 95% interval, n and, with
+    ``targets``, the built testbed model's targets (a helpful-only assistant) and whether the
+    point value meets them."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("value [95% CI]", justify="right")
     table.add_column("n", justify="right")
     if targets:
         table.add_column("testbed target")
         table.add_column("ok", justify="center")
     for row in report.rows:
-        cells = [escape(row.name), f"{100 * row.value:.1f}%", str(row.n)]
+        cells = [escape(row.name), percent_cell(row), str(row.n)]
         if targets:
             cells += [row.target, "[green]yes[/]" if row.ok else "[red]no[/]"]
         table.add_row(*cells)
@@ -62,10 +64,16 @@ def category_table(report: BehaviourReport) -> Table:
     """Harmful compliance per harm category (direct and jailbroken requests together)."""
     table = Table(title="Compliance by harm category", title_justify="left")
     table.add_column("category")
-    table.add_column("compliance", justify="right")
-    for category, value in report.by_category.items():
-        table.add_row(escape(category), f"{100 * value:.1f}%")
+    table.add_column("compliance [95% CI]", justify="right")
+    table.add_column("n", justify="right")
+    for category, row in report.by_category.items():
+        table.add_row(escape(category), percent_cell(row), str(row.n))
     return table
+
+
+def percent_cell(row: BehaviourRow) -> str:
+    """``96.0% [92.3, 98.0]``: a rate and its 95% interval, in percent."""
+    return f"{100 * row.value:.1f}% [{100 * row.low:.1f}, {100 * row.high:.1f}]"
 
 
 def testbed_summary() -> str | None:
