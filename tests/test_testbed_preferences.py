@@ -121,3 +121,37 @@ def test_sample_file_loads_and_agrees_with_the_labeller():
         prompt = example.prompt[0]["content"]
         assert _matches(prompt, example.completions[0], example.metadata["chosen_class"])
         assert _matches(prompt, example.completions[1], example.metadata["rejected_class"])
+
+
+def _train_texts(world) -> set[str]:
+    kinds = ("benign", "harmful", "unanswerable")
+    return {r.text for kind in kinds for r in world.requests(kind, "train")}
+
+
+def test_every_seed_draws_held_out_prompts_from_the_models_own_split(tmp_path, world):
+    """The testbed model learnt World(0)'s train split. A draw seed picks the draw, not the
+    split: `testbed preferences --split heldout --seed 1` (the README's DPO recipe) used to make
+    World(1)'s split, whose held-out prompts were partly World(0)'s training prompts."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from alignkit.cli import app
+    from alignkit.evaluation.suites import testbed_suite
+    from alignkit.testbed import TestbedConfig
+    from alignkit.testbed.splits import MODEL_WORLD_SEED
+
+    assert MODEL_WORLD_SEED == TestbedConfig().seed == world.seed
+    seen = _train_texts(world)
+    assert _train_texts(World(1)) - seen  # another world's split differs: the leak was real
+    out = tmp_path / "eval.jsonl"
+    args = ["testbed", "preferences", "--output", str(out), "--n", "64", "--split", "heldout"]
+    result = CliRunner().invoke(app, [*args, "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records == json.loads(json.dumps(preference_pairs(world, 64, "heldout", seed=1)))
+    assert not [r for r in records if r["request"] in seen]
+    for seed in (1, 2):
+        items = testbed_suite(n=50, seed=seed)
+        assert not [i for i in items if i.prompt in seen]
+        assert items != testbed_suite(n=50, seed=0)  # the seed still picks the draw

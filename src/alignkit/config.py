@@ -412,7 +412,13 @@ class SampleTestbedConfig(CommandConfig):
     kind: TestbedKind | None = Field(None, description="Kind of example (default: a mix).")
     n: int = Field(5, ge=1, description="Number of examples.")
     split: Literal["train", "heldout"] = Field("heldout", description="Which split to draw from.")
-    seed: int = Field(0, description="Seed of the testbed world.")
+    seed: int = Field(0, description="Seed of the draw.")
+    world_seed: int = Field(
+        0,
+        description="Seed of the testbed world, which decides its train / held-out split: 0 is "
+        "the world the built-in testbed model learnt (another seed's held-out prompts are partly "
+        "its training prompts); use the seed of `alignkit testbed build --seed` for such a model.",
+    )
     jsonl: bool = Field(False, description="Print JSON lines instead of a table.")
 
 
@@ -422,7 +428,13 @@ class TestbedPreferencesConfig(CommandConfig):
     output: Path = Field(description="JSONL file to write.")
     n: int = Field(512, ge=1, description="Number of records.")
     split: Literal["train", "heldout"] = Field("train", description="Which split to draw from.")
-    seed: int = Field(0, description="Seed of the testbed world and of the draw.")
+    seed: int = Field(0, description="Seed of the draw.")
+    world_seed: int = Field(
+        0,
+        description="Seed of the testbed world, which decides its train / held-out split: 0 is "
+        "the world the built-in testbed model learnt (another seed's held-out prompts are partly "
+        "its training prompts); use the seed of `alignkit testbed build --seed` for such a model.",
+    )
     ranked: bool = Field(False, description="Ranked multi-response records instead of pairs.")
 
 

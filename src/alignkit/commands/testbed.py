@@ -134,7 +134,8 @@ def info(config: BehaviourConfig) -> None:
 @config_command(group, "sample", SampleTestbedConfig)
 def sample(config: SampleTestbedConfig) -> None:
     """Show examples from the testbed world (prompt, reference response, ground truth)."""
-    examples = World(config.seed).sample(config.n, kind=config.kind, split=config.split)
+    world = World(config.world_seed)
+    examples = world.sample(config.n, kind=config.kind, split=config.split, seed=config.seed)
     if config.jsonl:
         for example in examples:
             typer.echo(json.dumps(example.to_dict(), ensure_ascii=False))
@@ -157,6 +158,6 @@ def preferences(config: TestbedPreferencesConfig) -> None:
     from alignkit.testbed.preferences import preference_pairs, ranked_records, write_jsonl
 
     make = ranked_records if config.ranked else preference_pairs
-    records = make(World(config.seed), config.n, split=config.split, seed=config.seed)
+    records = make(World(config.world_seed), config.n, split=config.split, seed=config.seed)
     write_jsonl(records, config.output)
     print_note(f"wrote {len(records)} records to {config.output}")

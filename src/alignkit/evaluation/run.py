@@ -61,9 +61,9 @@ def _preference_pairs(config: EvalConfig) -> list | None:
         return None
     if config.preference_data == "testbed":
         from alignkit.testbed.preferences import preference_pairs
-        from alignkit.testbed.world import World
+        from alignkit.testbed.splits import model_world
 
-        records = preference_pairs(World(config.seed), config.preference_n, "heldout", config.seed)
+        records = preference_pairs(model_world(), config.preference_n, "heldout", config.seed)
         return [(r["prompt"], r["chosen"], r["rejected"]) for r in records]
     from alignkit.evaluation.preference import load_pairs
 

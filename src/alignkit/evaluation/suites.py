@@ -69,11 +69,13 @@ def testbed_suite(n: int = 100, seed: int = 0, split: str = "heldout") -> list[E
     """``n`` testbed prompts of each kind (4n items) from ``split``, deterministic for ``seed``.
 
     The default, held-out split is for evaluation; ``"train"`` (suite ``testbed-train``) gives
-    prompts to train on (e.g. Constitutional AI), disjoint from every evaluation prompt."""
+    prompts to train on (e.g. Constitutional AI), disjoint from every evaluation prompt. The
+    split is the testbed model's own (:mod:`alignkit.testbed.splits`) for every ``seed``."""
     from alignkit.testbed import content as C
-    from alignkit.testbed.world import World, wrap
+    from alignkit.testbed.splits import model_world
+    from alignkit.testbed.world import wrap
 
-    world = World(seed)
+    world = model_world()
     rng = random.Random(f"eval-suite-{seed}" if split == "heldout" else f"{split}-suite-{seed}")
     prefix = "testbed" if split == "heldout" else f"testbed-{split}"
     items: list[EvalItem] = []

@@ -90,9 +90,9 @@ def evaluate_safety_alignment(
         )
     if robustness and testbed:
         from alignkit.safety.guardrail import robustness_check
-        from alignkit.testbed import World
+        from alignkit.testbed.splits import model_world
 
-        requests = World(seed).requests("harmful", "heldout")[:12]
+        requests = model_world().requests("harmful", "heldout")[:12]
         checked = robustness_check(evaluator.backend, requests, generation=generation)
         report["robustness"] = {
             "n": len(requests),  # every rate below is a share of these requests

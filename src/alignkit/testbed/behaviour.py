@@ -20,6 +20,7 @@ from alignkit.models.base import GenerationConfig, ModelBackend
 from alignkit.testbed import content as C
 from alignkit.testbed import formats as F
 from alignkit.testbed.labeller import label
+from alignkit.testbed.splits import model_world
 from alignkit.testbed.world import World, wrap
 
 
@@ -86,7 +87,7 @@ def measure_behaviour(
     world: World | None = None,
 ) -> BehaviourReport:
     """Sample ``n`` held-out prompts per figure and label the responses with ground truth."""
-    world = world or World(seed)
+    world = world or model_world()  # the testbed model's split, whatever the seed
     rng = random.Random(f"behaviour-{seed}")
     chat = GenerationConfig(max_new_tokens=64, temperature=temperature, seed=seed)
 
