@@ -51,6 +51,27 @@ def test_sl_then_rl_halves_harmful_compliance_and_keeps_helpfulness(cai_run):
     helpful = table["helpful"]
     assert helpful["before"] - helpful["after"] <= 0.05
     assert table["over_refusal"]["after"] - table["over_refusal"]["before"] <= 0.05
+    _readme_table_is_this_run(table)
+
+
+def _readme_table_is_this_run(table: dict) -> None:
+    """The README's CAI table: every point figure inside this run's 95% interval, same n."""
+    from readme_tables import point, readme_table
+
+    rows = readme_table("Measured on the testbed with the settings of `examples/cai-testbed.yaml`")
+    keys = {"harmless": "harmless", "helpful (benign": "helpful", "over-refusal": "over_refusal",
+            "honest": "honest"}  # fmt: skip
+    checked = 0
+    for name, cells in rows.items():
+        key = next((k for prefix, k in keys.items() if name.startswith(prefix)), None)
+        if key is None:
+            continue
+        row, checked = table[key], checked + 1
+        assert name.endswith(f"n = {row['n']}"), (name, row["n"])
+        for cell, side in ((cells[0], "before"), (cells[1], "after")):
+            low, high = row[f"{side}_ci"]
+            assert low - 5e-4 <= point(cell) <= high + 5e-4, (name, side, row)
+    assert checked == 4
 
 
 def test_revisions_make_harmful_responses_harmless(cai_run):

@@ -44,7 +44,7 @@ def test_evaluate_reports_rewards_and_kl(dpo_trained):
     # KL(policy || reference), nats per sampled completion (32 prompts): 14.70 on this run and
     # in the README (the same data since `testbed preferences --seed` keeps the model's world;
     # 8.64 on the old, leaky world-1 set; 6.20 and 4.29 at earlier commits). One
-    # 32-sample estimate is heavy-tailed (alignkit eval's BCa interval on one run: [1.2, 10.7]),
+    # 32-sample estimate is heavy-tailed (alignkit eval's BCa interval on this model: [2.3, 14.0]),
     # so the bar is "clearly positive and of the order of ten nats", not a point: a KL summed
     # over the vocabulary or over padding reads in the hundreds; the reference against itself
     # reads exactly 0 (test_eval_preference.py)
