@@ -406,6 +406,17 @@ TestbedKind = Literal[World.KINDS]  # type: ignore[valid-type]
 """A kind of testbed example: benign, unanswerable, harmful, jailbreak, critique, ..."""
 
 
+WorldSeed = Annotated[
+    int,
+    Field(
+        description="Seed of the testbed world, which decides its train / held-out split: 0 is "
+        "the world the built-in testbed model learnt (another seed's held-out prompts are partly "
+        "its training prompts); use the seed of `alignkit testbed build --seed` for such a model."
+    ),
+]
+"""The ``--world-seed`` option of the commands that draw testbed data."""
+
+
 class SampleTestbedConfig(CommandConfig):
     """``alignkit testbed sample``: show examples from the testbed world."""
 
@@ -413,12 +424,7 @@ class SampleTestbedConfig(CommandConfig):
     n: int = Field(5, ge=1, description="Number of examples.")
     split: Literal["train", "heldout"] = Field("heldout", description="Which split to draw from.")
     seed: int = Field(0, description="Seed of the draw.")
-    world_seed: int = Field(
-        0,
-        description="Seed of the testbed world, which decides its train / held-out split: 0 is "
-        "the world the built-in testbed model learnt (another seed's held-out prompts are partly "
-        "its training prompts); use the seed of `alignkit testbed build --seed` for such a model.",
-    )
+    world_seed: WorldSeed = 0
     jsonl: bool = Field(False, description="Print JSON lines instead of a table.")
 
 
@@ -429,12 +435,7 @@ class TestbedPreferencesConfig(CommandConfig):
     n: int = Field(512, ge=1, description="Number of records.")
     split: Literal["train", "heldout"] = Field("train", description="Which split to draw from.")
     seed: int = Field(0, description="Seed of the draw.")
-    world_seed: int = Field(
-        0,
-        description="Seed of the testbed world, which decides its train / held-out split: 0 is "
-        "the world the built-in testbed model learnt (another seed's held-out prompts are partly "
-        "its training prompts); use the seed of `alignkit testbed build --seed` for such a model.",
-    )
+    world_seed: WorldSeed = 0
     ranked: bool = Field(False, description="Ranked multi-response records instead of pairs.")
 
 

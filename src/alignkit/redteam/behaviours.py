@@ -50,7 +50,7 @@ from alignkit.errors import ConfigError, DataError
 from alignkit.redteam.base import Behaviour
 from alignkit.redteam.templates import yaml_error
 from alignkit.testbed import content as C
-from alignkit.testbed.world import World
+from alignkit.testbed.splits import model_world
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def testbed_behaviours(
             category=req.category,
             source="testbed" if split == "heldout" else "testbed:train",
         )
-        for req in World(0).requests("harmful", split)
+        for req in model_world().requests("harmful", split)
     ]
     behaviours.sort(key=lambda b: (b.category, int(b.id.rsplit("-", 1)[1])))
     return sample_behaviours(behaviours, n, seed)

@@ -419,9 +419,9 @@ def testbed_constrained_pairs(n_benign: int = 160, seed: int = 0) -> list[dict]:
     import random
 
     from alignkit.safety.data import testbed_value_pairs
-    from alignkit.testbed import World
+    from alignkit.testbed.splits import model_world
 
-    world, rng = World(0), random.Random(f"constrained-{seed}")
+    world, rng = model_world(), random.Random(f"constrained-{seed}")
     pairs = [
         {**p, "chosen_safe": True, "rejected_safe": True}
         for p in testbed_value_pairs(n_benign, "helpful", "train", seed)

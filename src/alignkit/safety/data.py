@@ -51,6 +51,7 @@ from alignkit.errors import ConfigError, DataError
 from alignkit.testbed import content as C
 from alignkit.testbed.labeller import label
 from alignkit.testbed.preferences import allocate, preference_pairs
+from alignkit.testbed.splits import model_world
 from alignkit.testbed.world import Request, World, wrap
 
 DIMENSIONS = ("helpful", "harmless", "honest")
@@ -332,7 +333,7 @@ def pairs_from_labelled(responses: Iterable[Mapping]) -> tuple[list[dict], int]:
 
 @lru_cache(maxsize=1)
 def _world() -> World:
-    return World(0)
+    return model_world()
 
 
 def _check_split(split: str) -> None:
